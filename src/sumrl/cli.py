@@ -1,0 +1,122 @@
+"""`sumrl <stage>`: one subcommand per workflow stage, plus helpers (validate, stages).
+
+Every subcommand reads params.yaml (plus an optional preset and KEY=VALUE overrides), validates it
+before anything heavy is imported or loaded, and then calls one function of the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sumrl.params import ParamsError, load_params
+
+log = logging.getLogger("sumrl")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--preset", default=os.environ.get("SUMRL_PRESET"), help="a presets/*.yaml merged over params")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one param, e.g. --set rl.kl_coef=0.1 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sumrl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def stage(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        _common(p)
+        return p
+
+    stage("validate", "check params (schema, cross-key rules, files) and exit")
+    stage("base-model", "materialize the base model as a Hugging Face folder")
+    stage("prepare-data", "load, clean, filter and split the data; write the data card")
+    stage("pairs", "build preference pairs (human pairs, or reference vs base-model sample)")
+    for name, what in (("sft", "supervised fine-tuning (trl SFTTrainer + LoRA)"),
+                       ("reward", "reward model (trl RewardTrainer; scalar or probabilistic head)")):
+        p = stage(name, what)
+        p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
+    p = stage("rl", "RL fine-tuning of the SFT policy against the reward model")
+    p.add_argument("--method", required=True, choices=["reinforce", "rloo", "ppo"])
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
+    p = stage("generate", "batched generation on the test split for one policy")
+    p.add_argument("--policy", required=True, help="base, sft or <method>_s<seed>")
+    p = stage("evaluate", "ROUGE, reward, KL to SFT, length and EOS rate for one policy")
+    p.add_argument("--policy", required=True)
+    stage("report", "reports/report.md, metrics.json and plots comparing all policies")
+    p = sub.add_parser("stages", help="print the stage table, or write dvc.yaml from it")
+    p.add_argument("--write-dvc", action="store_true", help="(re)write dvc.yaml")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command == "stages":
+        return _stages(args)
+    try:
+        params = load_params(args.params, args.preset, args.overrides)
+    except ParamsError as exc:
+        print(f"sumrl: invalid params: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "validate":
+        print(f"{args.params}: ok")
+        return 0
+    from sumrl.artifacts import DataError
+
+    try:
+        run_stage(args.command, params, args)
+    except (DataError, FileNotFoundError) as exc:
+        print(f"sumrl {args.command}: {exc}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
+    """Import lazily: `sumrl validate` and bad params must fail fast, before torch is imported."""
+    from sumrl import runtime
+
+    runtime.redirect_caches(Path(".cache"))
+    if command == "base-model":
+        from sumrl.models.base import run
+    elif command == "prepare-data":
+        from sumrl.data.prepare import run
+    elif command == "pairs":
+        from sumrl.data.pairs import run
+    elif command == "sft":
+        from sumrl.train.sft import run
+    elif command == "reward":
+        from sumrl.train.reward import run
+    elif command == "rl":
+        from sumrl.rl.loop import run
+    elif command == "generate":
+        from sumrl.evaluate.generate import run
+    elif command == "evaluate":
+        from sumrl.evaluate.metrics import run
+    elif command == "report":
+        from sumrl.report import run
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"unknown command {command}")
+    run(params, args)
+
+
+def _stages(args: argparse.Namespace) -> int:
+    from sumrl import stages
+
+    if args.write_dvc:
+        Path("dvc.yaml").write_text(stages.dvc_yaml())
+        print("wrote dvc.yaml")
+        return 0
+    for st in stages.STAGES:
+        print(f"{st.name:12s} {st.cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

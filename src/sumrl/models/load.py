@@ -1,0 +1,56 @@
+"""Loading models and tokenizers safely and the same way in every stage.
+
+Weights are safetensors only (`use_safetensors=True`), and remote code runs only when
+`compute.trust_remote_code` is on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REWARD_META = "sumrl_reward.json"
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "left"):
+    """Left padding: generation appends to the right end of every row."""
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_policy(path: str | Path, params: dict, device: torch.device | str = "cpu"):
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=DTYPES[params["model"]["dtype"]],
+        trust_remote_code=params["compute"]["trust_remote_code"],
+        use_safetensors=True,
+    )
+    return model.to(device)
+
+
+def load_reward_model(path: str | Path, params: dict, device: torch.device | str = "cpu"):
+    """The trained reward model and its metadata ({"kind": "scalar"|"probabilistic", "num_scores": n})."""
+    meta_path = Path(path) / REWARD_META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: missing; {path} was not written by `sumrl reward`")
+    meta = json.loads(meta_path.read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(path),
+        dtype=DTYPES[params["model"]["dtype"]],
+        trust_remote_code=params["compute"]["trust_remote_code"],
+        use_safetensors=True,
+    )
+    return model.to(device).eval(), meta
+
+
+def save_model(model, tokenizer, out_dir: str | Path) -> None:
+    """safetensors + config + tokenizer: a plain Hugging Face folder."""
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))

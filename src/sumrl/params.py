@@ -1,0 +1,196 @@
+"""Loading and validating params.yaml (and presets merged over it).
+
+One schema (schema/params.schema.yaml) serves the CLI, the Snakefile and the tests. Errors name the key
+and, for a misspelled key, suggest the nearest valid one. Checks that a JSON schema cannot express
+(cross-key rules, files that must exist) live in `_check_semantics`, and everything here runs before
+any model is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(str(resources.files("sumrl") / "schema" / "params.schema.yaml"))
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the file and key."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping of params at the top level")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` wins; mappings merge key by key, everything else (lists included) is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """`rl.kl_coef=0.1` -> {"rl": {"kl_coef": 0.1}} (the value is parsed as YAML)."""
+    if "=" not in text:
+        raise ParamsError(f"override {text!r}: expected KEY=VALUE, e.g. rl.kl_coef=0.1")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw)
+    node: dict = {}
+    cursor = node
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cursor[part] = {}
+        cursor = cursor[part]
+    cursor[parts[-1]] = value
+    return node
+
+
+def load_params(
+    path: str | os.PathLike = "params.yaml",
+    preset: str | os.PathLike | None = None,
+    overrides: Iterable[str] = (),
+    check_files: bool = True,
+) -> dict:
+    """Read params.yaml, merge a preset and KEY=VALUE overrides over it, validate, return a dict."""
+    params = read_yaml(path)
+    source = str(path)
+    if preset:
+        params = deep_merge(params, read_yaml(preset))
+        source += f" + {preset}"
+    for text in overrides:
+        params = deep_merge(params, parse_override(text))
+    validate_params(params, source=source, check_files=check_files)
+    return params
+
+
+def validate_params(params: dict, source: str = "params", check_files: bool = True) -> None:
+    schema = load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ParamsError(f"{source}: " + "\n".join(_explain(e, schema) for e in errors))
+    _check_semantics(params, source, check_files)
+
+
+def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
+    where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    if error.validator == "additionalProperties":
+        allowed = sorted(_properties_at(schema, list(error.absolute_path)))
+        unknown = sorted(set(error.instance) - set(allowed))
+        lines = []
+        for key in unknown:
+            full = f"{where}.{key}" if error.absolute_path else key
+            near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            prefix = f"{where}." if error.absolute_path else ""
+            hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(allowed)}"
+            lines.append(f"unknown key '{full}'{hint}")
+        return "\n".join(lines)
+    if error.validator == "required":
+        return f"{where}: {error.message}"
+    return f"{where}: {error.message} (got {error.instance!r})"
+
+
+def _properties_at(schema: dict, path: list) -> set[str]:
+    node = schema
+    for part in path:
+        node = _resolve(schema, node)
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    return set(_resolve(schema, node).get("properties", {}))
+
+
+def _resolve(schema: dict, node: dict) -> dict:
+    while "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        node = schema["$defs"][name]
+    return node
+
+
+def _check_semantics(p: dict, source: str, check_files: bool) -> None:
+    problems = []
+    splits = p["data"]["splits"]
+    if sum(splits.values()) > 1 + 1e-9:
+        problems.append(f"data.splits: fractions sum to {sum(splits.values()):.3f}, must be <= 1")
+    for name in ("sft", "pref", "rl"):
+        if splits[name] <= 0:
+            problems.append(f"data.splits.{name}: must be > 0 (got {splits[name]})")
+    data = p["data"]
+    if data["source"] in ("jsonl", "parquet", "hf") and not data["path"]:
+        problems.append(f"data.path: required when data.source is '{data['source']}'")
+    if check_files and data["source"] in ("jsonl", "parquet") and data["path"]:
+        if not Path(data["path"]).exists():
+            problems.append(f"data.path: file or folder not found: {data['path']}")
+    pairs = p["pairs"]
+    if pairs["source"] != "generated" and not pairs["path"]:
+        problems.append(f"pairs.path: required when pairs.source is '{pairs['source']}'")
+    if check_files and pairs["source"] in ("jsonl", "parquet") and pairs["path"]:
+        if not Path(pairs["path"]).exists():
+            problems.append(f"pairs.path: file or folder not found: {pairs['path']}")
+    if data["min_summary_tokens"] > data["max_summary_tokens"]:
+        problems.append("data.min_summary_tokens: larger than data.max_summary_tokens")
+    rl = p["rl"]
+    if rl["reward_model"] != p["reward"]["kind"]:
+        problems.append(
+            f"rl.reward_model: '{rl['reward_model']}' but reward.kind is '{p['reward']['kind']}'; "
+            "the RL stages use the reward model that the reward stage trains"
+        )
+    if rl["variance_regularized"] and rl["reward_model"] != "probabilistic":
+        problems.append("rl.variance_regularized: needs rl.reward_model 'probabilistic' (sigma comes from it)")
+    if "rloo" in rl["methods"] and rl["rollout_batch_size"] * rl["rloo"]["k"] < rl["mini_batches"]:
+        problems.append("rl.mini_batches: more mini-batches than completions in an rloo rollout")
+    if rl["rollout_batch_size"] < rl["mini_batches"]:
+        problems.append("rl.mini_batches: more mini-batches than prompts in a rollout (rl.rollout_batch_size)")
+    if rl["total_episodes"] < rl["rollout_batch_size"]:
+        problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
+    base = p["model"]["base"]
+    if check_files and base.startswith(("./", "/", "../")) and not Path(base).exists():
+        problems.append(f"model.base: local model folder not found: {base}")
+    if problems:
+        raise ParamsError(f"{source}: " + "\n".join(problems))
+
+
+def to_namespace(value: Any) -> Any:
+    """Attribute access for code that reads many keys (p.rl.kl_coef); lists stay lists."""
+    if isinstance(value, dict):
+        return SimpleNamespace(**{k: to_namespace(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [to_namespace(v) for v in value]
+    return value
+
+
+def select(params: dict, keys: Iterable[str]) -> dict:
+    """The values of dotted keys, e.g. select(p, ["rl.kl_coef"]) -> {"rl.kl_coef": 0.05}."""
+    out = {}
+    for key in keys:
+        node: Any = params
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out

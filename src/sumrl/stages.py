@@ -1,0 +1,254 @@
+"""The one stage table. `dvc.yaml` is generated from it (`sumrl stages --write-dvc`), the Snakemake rules
+in workflow/rules/ are written by hand, and tests/test_frontends.py fails if either disagrees with it.
+
+A stage is a `sumrl` subcommand with its inputs (deps), outputs (outs) and the params keys it reads.
+Templated stages (`rl`, `generate_rl`, `evaluate_rl`) are expanded over rl.methods x rl.seeds; `{method}`
+and `{seed}` in their fields are filled per instance (DVC: `${item.method}`, Snakemake: wildcards).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import product
+
+import yaml
+
+PREPARED = "data/prepared"
+PAIRS = "data/pairs"
+BASE = "models/base"
+SFT = "models/sft"
+REWARD = "models/reward"
+SFT_RUN = "models/sft_run"        # trainer output: checkpoints (plain or ZeRO) + final adapter
+REWARD_RUN = "models/reward_run"
+CONSOLIDATION = "reports/consolidate/{stage}.json"
+RL = "models/rl/{method}_s{seed}"
+GENERATIONS = "reports/generations/{policy}.jsonl"
+EVAL = "reports/eval/{policy}.json"
+CURVES = "reports/curves"
+
+FIXED_POLICIES = {"base": BASE, "sft": SFT}
+
+
+def rl_policy(method: str, seed: int) -> str:
+    return f"{method}_s{seed}"
+
+
+def policies(params: dict) -> list[str]:
+    """Every policy the report compares, in table order."""
+    rl = params["rl"]
+    return [*FIXED_POLICIES, *(rl_policy(m, s) for m in rl["methods"] for s in rl["seeds"])]
+
+
+def policy_dir(name: str) -> str:
+    if name in FIXED_POLICIES:
+        return FIXED_POLICIES[name]
+    method, _, seed = name.rpartition("_s")
+    if not method or not seed.isdigit():
+        raise ValueError(f"unknown policy '{name}': expected base, sft or <method>_s<seed>")
+    return RL.format(method=method, seed=seed)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    params: tuple[str, ...]
+    metrics: tuple[str, ...] = ()
+    plots: tuple[str, ...] = ()
+    over_rl_runs: bool = False  # expanded over rl.methods x rl.seeds
+    extra: dict = field(default_factory=dict)
+
+
+CODE = "src/sumrl"
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "base_model",
+        "sumrl base-model",
+        deps=(f"{CODE}/models/base.py",),
+        outs=(BASE,),
+        params=("model.base", "model.dtype", "compute.trust_remote_code"),
+    ),
+    Stage(
+        "prepare_data",
+        "sumrl prepare-data",
+        deps=(f"{CODE}/data", BASE),
+        outs=(PREPARED,),
+        params=("seed", "data"),
+    ),
+    Stage(
+        "pairs",
+        "sumrl pairs",
+        deps=(f"{CODE}/data", PREPARED, BASE),
+        outs=(PAIRS,),
+        params=("seed", "pairs", "prompt"),
+    ),
+    Stage(
+        "sft",
+        "sumrl sft",
+        deps=(f"{CODE}/train/sft.py", PREPARED, BASE),
+        outs=(SFT_RUN,),
+        params=("seed", "sft", "prompt", "compute"),
+        plots=(f"{CURVES}/sft.csv",),
+    ),
+    Stage(
+        "reward",
+        "sumrl reward",
+        deps=(f"{CODE}/train/reward.py", PAIRS, BASE),
+        outs=(REWARD_RUN,),
+        params=("seed", "reward", "prompt", "compute", "model.reward_base"),
+        metrics=("reports/reward_eval.json",),
+        plots=(f"{CURVES}/reward.csv",),
+    ),
+    Stage(
+        "consolidate",
+        "sumrl consolidate --stage {stage}",
+        deps=(f"{CODE}/scale/consolidate.py", "models/{stage}_run", BASE),
+        outs=("models/{stage}",),
+        params=("compute",),
+        metrics=(CONSOLIDATION,),
+        extra={"trained": ("sft", "reward")},
+    ),
+    Stage(
+        "rl",
+        "sumrl rl --method {method} --seed {seed}",
+        deps=(f"{CODE}/rl", PREPARED, SFT, REWARD),
+        outs=(RL,),
+        params=("rl", "prompt", "compute"),
+        plots=(f"{CURVES}/rl_{{method}}_s{{seed}}.csv",),
+        over_rl_runs=True,
+    ),
+    Stage(
+        "generate",
+        "sumrl generate --policy {policy}",
+        deps=(f"{CODE}/evaluate/generate.py", PREPARED, "{policy_dir}"),
+        outs=(GENERATIONS,),
+        params=("seed", "generate", "prompt"),
+        extra={"policies": tuple(FIXED_POLICIES)},
+    ),
+    Stage(
+        "generate_rl",
+        "sumrl generate --policy {method}_s{seed}",
+        deps=(f"{CODE}/evaluate/generate.py", PREPARED, RL),
+        outs=(GENERATIONS.format(policy="{method}_s{seed}"),),
+        params=("seed", "generate", "prompt"),
+        over_rl_runs=True,
+    ),
+    Stage(
+        "evaluate",
+        "sumrl evaluate --policy {policy}",
+        deps=(f"{CODE}/evaluate/metrics.py", GENERATIONS, REWARD, SFT, "{policy_dir}"),
+        outs=(EVAL,),
+        params=("evaluate",),
+        extra={"policies": tuple(FIXED_POLICIES)},
+    ),
+    Stage(
+        "evaluate_rl",
+        "sumrl evaluate --policy {method}_s{seed}",
+        deps=(
+            f"{CODE}/evaluate/metrics.py",
+            GENERATIONS.format(policy="{method}_s{seed}"),
+            REWARD,
+            SFT,
+            RL,
+        ),
+        outs=(EVAL.format(policy="{method}_s{seed}"),),
+        params=("evaluate",),
+        over_rl_runs=True,
+    ),
+    Stage(
+        "report",
+        "sumrl report",
+        deps=(f"{CODE}/report", "reports/eval", "reports/generations", CURVES, "reports/reward_eval.json",
+              "reports/consolidate"),
+        outs=("reports/report.md",),
+        params=("report", "rl.methods", "rl.seeds"),
+        metrics=("reports/metrics.json",),
+        plots=("reports/plots",),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class StageInstance:
+    """One concrete job: what Snakemake schedules and DVC names `stage@item`."""
+
+    name: str
+    cmd: str
+    deps: tuple[str, ...]
+    outs: tuple[str, ...]
+    params: tuple[str, ...]
+    metrics: tuple[str, ...]
+    plots: tuple[str, ...]
+
+
+def expand(params: dict) -> list[StageInstance]:
+    """The concrete jobs for these params, in DAG order."""
+    jobs = []
+    rl = params["rl"]
+    for stage in STAGES:
+        if stage.over_rl_runs:
+            items = [
+                (f"{stage.name}@{m}-{s}", {"method": m, "seed": s}) for m, s in product(rl["methods"], rl["seeds"])
+            ]
+        elif "policies" in stage.extra:
+            items = [
+                (f"{stage.name}@{p}", {"policy": p, "policy_dir": policy_dir(p)}) for p in stage.extra["policies"]
+            ]
+        elif "trained" in stage.extra:
+            items = [(f"{stage.name}@{t}", {"stage": t}) for t in stage.extra["trained"]]
+        else:
+            items = [(stage.name, {})]
+        for name, values in items:
+            fill = lambda text: text.format(**values) if values else text  # noqa: E731
+            jobs.append(
+                StageInstance(
+                    name=name,
+                    cmd=fill(stage.cmd),
+                    deps=tuple(dict.fromkeys(fill(d) for d in stage.deps)),
+                    outs=tuple(fill(o) for o in stage.outs),
+                    params=stage.params,
+                    metrics=tuple(fill(m) for m in stage.metrics),
+                    plots=tuple(fill(p) for p in stage.plots),
+                )
+            )
+    return jobs
+
+
+def _dvc_template(text: str) -> str:
+    return (
+        text.replace("{method}", "${item.method}")
+        .replace("{seed}", "${item.seed}")
+        .replace("{policy_dir}", "${item.dir}")
+        .replace("{policy}", "${item.name}")
+        .replace("{stage}", "${item}")
+    )
+
+
+def dvc_yaml() -> str:
+    """The text of dvc.yaml: the same commands, deps, outs and params as the Snakemake rules."""
+    stages = {}
+    for stage in STAGES:
+        entry: dict = {}
+        if stage.over_rl_runs:
+            entry["matrix"] = {"method": "${rl.methods}", "seed": "${rl.seeds}"}
+        elif "policies" in stage.extra:
+            entry["foreach"] = {p: {"name": p, "dir": policy_dir(p)} for p in stage.extra["policies"]}
+        elif "trained" in stage.extra:
+            entry["foreach"] = list(stage.extra["trained"])
+        entry["cmd"] = _dvc_template(stage.cmd)
+        entry["deps"] = [_dvc_template(d) for d in stage.deps]
+        entry["params"] = list(stage.params)
+        outs = [_dvc_template(o) for o in stage.outs]
+        outs += [{_dvc_template(p): {"cache": False}} for p in stage.plots if not p.endswith(".csv")]
+        entry["outs"] = outs
+        if stage.metrics:
+            entry["metrics"] = [{_dvc_template(m): {"cache": False}} for m in stage.metrics]
+        csv_plots = [_dvc_template(p) for p in stage.plots if p.endswith(".csv")]
+        if csv_plots:
+            entry["plots"] = [{p: {"cache": False, "x": "step"}} for p in csv_plots]
+        stages[stage.name] = entry
+    header = "# Generated from src/sumrl/stages.py by `sumrl stages --write-dvc`; do not edit by hand.\n"
+    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)

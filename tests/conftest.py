@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny model built locally, params sized for it, and the real data in ../shared."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from sumrl.params import load_params  # noqa: E402
+
+# Budgets that keep every stage to seconds on the tiny model.
+TINY_OVERRIDES = [
+    "data.max_document_tokens=256",
+    "data.max_summary_tokens=64",
+    "data.max_test=6",
+    "pairs.max_new_tokens=16",
+    "sft.epochs=1",
+    "sft.batch_size=4",
+    "sft.checkpoint_every=4",
+    "reward.epochs=1",
+    "reward.checkpoint_every=4",
+    "rl.total_episodes=8",
+    "rl.rollout_batch_size=4",
+    "rl.max_new_tokens=12",
+    "rl.checkpoint_every=1",
+    "generate.max_new_tokens=12",
+    "compute.threads=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture
+def tiny_params(tiny_model_dir) -> dict:
+    return load_params(ROOT / "params.yaml", overrides=[f"model.base={tiny_model_dir}", *TINY_OVERRIDES])
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo on CI and dev machines)")
+    return SHARED_DATA
