@@ -12,6 +12,8 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export HF_HOME := $(CURDIR)/.cache/huggingface
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 export TOKENIZERS_PARALLELISM := false
+# Stage commands (`sumrl ...`) run from the venv, whichever front end calls them.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup run run-dvc test lint dag clean
 

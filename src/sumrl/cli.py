@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reward", "reward model (trl RewardTrainer; scalar or probabilistic head)")):
         p = stage(name, what)
         p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
+    p = stage("consolidate", "turn a training run (plain or DeepSpeed ZeRO checkpoint, LoRA or full) into a verified HF folder")
+    p.add_argument("--stage", required=True, choices=["sft", "reward"])
     p = stage("rl", "RL fine-tuning of the SFT policy against the reward model")
     p.add_argument("--method", required=True, choices=["reinforce", "rloo", "ppo"])
     p.add_argument("--seed", type=int, required=True)
@@ -93,6 +95,8 @@ def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
         from sumrl.train.sft import run
     elif command == "reward":
         from sumrl.train.reward import run
+    elif command == "consolidate":
+        from sumrl.scale.consolidate import run
     elif command == "rl":
         from sumrl.rl.loop import run
     elif command == "generate":
