@@ -163,10 +163,11 @@ def _check_semantics(p: dict, source: str, check_files: bool) -> None:
         )
     if rl["variance_regularized"] and rl["reward_model"] != "probabilistic":
         problems.append("rl.variance_regularized: needs rl.reward_model 'probabilistic' (sigma comes from it)")
-    if "rloo" in rl["methods"] and rl["rollout_batch_size"] * rl["rloo"]["k"] < rl["mini_batches"]:
-        problems.append("rl.mini_batches: more mini-batches than completions in an rloo rollout")
+    if "rloo" in rl["methods"] and rl["rollout_batch_size"] % rl["rloo"]["k"]:
+        problems.append(f"rl.rollout_batch_size: {rl['rollout_batch_size']} completions do not split into "
+                        f"groups of rl.rloo.k = {rl['rloo']['k']}")
     if rl["rollout_batch_size"] < rl["mini_batches"]:
-        problems.append("rl.mini_batches: more mini-batches than prompts in a rollout (rl.rollout_batch_size)")
+        problems.append("rl.mini_batches: more mini-batches than completions in a rollout (rl.rollout_batch_size)")
     if rl["total_episodes"] < rl["rollout_batch_size"]:
         problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
     base = p["model"]["base"]

@@ -57,6 +57,11 @@ def score_texts(reward_model, tokenizer, texts: list[str], kind: str, batch_size
     return torch.cat(rewards), torch.cat(sigmas)
 
 
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per position: [B, T, V], [B, T] -> [B, T]."""
+    return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+
+
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
                         temperature: float = 1.0, return_hidden: bool = False):
     """Per-token log pi(y_t | x, y_<t) for the last `completion_len` positions, in fp32.
@@ -72,8 +77,7 @@ def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Te
         use_cache=False,
     )
     logits = out.logits[:, :-1].float() / temperature  # position t predicts token t+1
-    targets = input_ids[:, -completion_len:]
-    logp = torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+    logp = token_logprobs(logits, input_ids[:, -completion_len:])
     if return_hidden:
         hidden = out.hidden_states[-1][:, -completion_len - 1:-1]
         return logp, hidden

@@ -1,0 +1,64 @@
+"""What every RL method provides to the loop in rl/loop.py (one small file per method)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions and everything computed on it before any update."""
+
+    input_ids: torch.Tensor     # [N, P+T]
+    attention_mask: torch.Tensor
+    mask: torch.Tensor          # [N, T] completion tokens up to and including EOS
+    has_eos: torch.Tensor       # [N]
+    logp: torch.Tensor          # [N, T] log pi_old, at the sampling temperature
+    ref_logp: torch.Tensor      # [N, T] log pi_ref (adapter disabled)
+    scores: torch.Tensor        # [N] RM score after the missing-EOS penalty
+    sigma: torch.Tensor         # [N] RM spread (0 for a scalar RM)
+    values: torch.Tensor | None = None  # [N, T] PPO value head
+
+    @property
+    def completion_len(self) -> int:
+        return self.mask.size(1)
+
+    def __len__(self) -> int:
+        return self.input_ids.size(0)
+
+
+class Method:
+    """A method turns a rollout into advantages and a loss. Everything else is shared."""
+
+    name: str
+    samples_per_prompt: int = 1
+    needs_values: bool = False
+
+    def __init__(self, cfg: dict):
+        self.cfg = cfg
+
+    def advantages(self, batch: Rollout) -> tuple[torch.Tensor, dict]:
+        """Per-completion [N] or per-token [N, T] advantages, plus anything the loss needs (e.g. returns)."""
+        raise NotImplementedError
+
+    def loss(self, logp, batch: Rollout, idx, adv, extra, values=None) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_method(name: str, rl_params: dict) -> Method:
+    from sumrl.rl.ppo import PPO
+    from sumrl.rl.reinforce import Reinforce
+    from sumrl.rl.rloo import RLOO
+
+    methods = {"reinforce": Reinforce, "rloo": RLOO, "ppo": PPO}
+    if name not in methods:
+        raise ValueError(f"unknown RL method '{name}'; choose from {sorted(methods)}")
+    return methods[name](rl_params)

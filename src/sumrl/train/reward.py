@@ -1,0 +1,138 @@
+"""`sumrl reward`: the reward model, with trl's RewardTrainer and a LoRA adapter.
+
+Two heads (reward.kind):
+  scalar         one logit, Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (trl's own loss);
+  probabilistic  a distribution over scores 1..n, loss -log sum_{i>j} p_chosen(i) p_rejected(j);
+                 reward = E[s], and its spread sigma is available to the RL methods.
+After training, pairwise accuracy on the held-out pairs goes to reports/reward_eval.json.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification
+from trl import RewardConfig, RewardTrainer
+
+from sumrl import runtime, stages
+from sumrl.artifacts import read_json, read_jsonl, write_json
+from sumrl.data.prompts import PromptFormat
+from sumrl.models.load import DTYPES, load_tokenizer
+from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
+from sumrl.train.common import CurveCallback, checkpoint_dir, lora_config, trainer_args, write_run
+
+
+class ProbabilisticRewardTrainer(RewardTrainer):
+    """RewardTrainer with the probabilistic head's loss; data handling and training stay trl's."""
+
+    def __init__(self, model, *args, **kwargs):
+        # trl refuses models whose config has num_labels != 1 (it assumes a scalar head); the check reads
+        # only the config, and this loss is written for n logits, so show it 1 and restore n after.
+        n = model.config.num_labels
+        model.config.num_labels = 1
+        try:
+            super().__init__(model, *args, **kwargs)
+        finally:
+            model.config.num_labels = n
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        inputs["use_cache"] = False
+        outputs = model(**inputs)
+        chosen, rejected = torch.chunk(outputs.logits, chunks=2)  # trl stacks chosen then rejected
+        loss = probabilistic_preference_loss(chosen, rejected)
+        with torch.no_grad():
+            r_c, _ = rewards_from_logits(chosen, "probabilistic")
+            r_r, _ = rewards_from_logits(rejected, "probabilistic")
+            self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())
+            self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
+        return (loss, outputs) if return_outputs else loss
+
+
+def preference_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
+    return Dataset.from_list([{"prompt": fmt.prompt(r["document"]), "chosen": fmt.completion(r["chosen"]),
+                               "rejected": fmt.completion(r["rejected"])} for r in rows])
+
+
+def reward_base(params: dict) -> str:
+    return params["model"]["reward_base"] or stages.BASE
+
+
+def num_labels(cfg: dict) -> int:
+    return 1 if cfg["kind"] == "scalar" else cfg["num_scores"]
+
+
+def run(params: dict, args) -> None:
+    from sumrl.scale.launch import maybe_relaunch
+    from sumrl.scale.deepspeed import prepare_distributed_env
+
+    maybe_relaunch(params)
+    prepare_distributed_env(params)
+    cfg = params["reward"]
+    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
+    base = reward_base(params)
+    tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
+    fmt = PromptFormat.from_params(tokenizer, params)
+    train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
+    val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=num_labels(cfg), dtype=DTYPES[params["model"]["dtype"]],
+        trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
+    ).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    work_dir, resume_from = checkpoint_dir("reward", params, cfg, getattr(args, "restart", False))
+    config = RewardConfig(
+        **trainer_args(cfg, params, work_dir),
+        max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
+    )
+    trainer_cls = RewardTrainer if cfg["kind"] == "scalar" else ProbabilisticRewardTrainer
+    trainer = trainer_cls(
+        model=model,
+        args=config,
+        train_dataset=preference_dataset(train_rows, fmt),
+        processing_class=tokenizer,
+        peft_config=lora_config(cfg["lora"], "SEQ_CLS"),
+        callbacks=[CurveCallback(Path(stages.CURVES) / "reward.csv",
+                                 {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
+                                  "learning_rate": "learning_rate"}, resume_from)],
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    evaluation = pairwise_accuracy(trainer.model, tokenizer, fmt, val_rows, cfg["kind"],
+                                   params["evaluate"]["batch_size"])
+    evaluation["pairs_origin"] = _pairs_origin()
+    write_json("reports/reward_eval.json", evaluation)
+    write_run(Path(stages.REWARD_RUN), work_dir, trainer, {
+        "stage": "reward", "task": "sequence_classification", "base": base, "num_labels": num_labels(cfg),
+        "reward": {"kind": cfg["kind"], "num_scores": num_labels(cfg)},
+        "deepspeed": params["compute"]["deepspeed"], "lora": True, "steps": trainer.state.global_step,
+        "train_pairs": len(train_rows), "validation_pairs": len(val_rows),
+    })
+
+
+@torch.no_grad()
+def pairwise_accuracy(model, tokenizer, fmt: PromptFormat, rows: list[dict], kind: str, batch_size: int) -> dict:
+    """Share of held-out pairs where r(chosen) > r(rejected), with its standard error."""
+    model.eval()
+    prompts = [fmt.prompt(r["document"]) for r in rows]
+    chosen, _ = score_texts(model, tokenizer, [p + fmt.completion(r["chosen"]) for p, r in zip(prompts, rows)],
+                            kind, batch_size)
+    rejected, _ = score_texts(model, tokenizer, [p + fmt.completion(r["rejected"]) for p, r in zip(prompts, rows)],
+                              kind, batch_size)
+    wins = (chosen > rejected).float()
+    n = len(rows)
+    acc = wins.mean().item() if n else float("nan")
+    return {
+        "kind": kind,
+        "validation_pairs": n,
+        "accuracy": round(acc, 4),
+        "accuracy_se": round(math.sqrt(acc * (1 - acc) / n), 4) if n else None,
+        "mean_margin": round((chosen - rejected).mean().item(), 4) if n else None,
+    }
+
+
+def _pairs_origin() -> str:
+    card = Path(stages.PAIRS) / "card.json"
+    return read_json(card).get("origin", "unknown") if card.is_file() else "unknown"
