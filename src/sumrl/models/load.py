@@ -25,6 +25,20 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     return tok
 
 
+def use_distinct_pad(tokenizer) -> None:
+    """Reward models pad with a token other than EOS when the vocabulary has one.
+
+    A sequence-classification head reads the last non-pad token; with pad == EOS (SmolLM2) it would
+    never see the EOS that closes a summary, so "stopped" and "cut off" would score alike.
+    """
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    for candidate in (tokenizer.unk_token, "<|endoftext|>", "<pad>"):
+        if candidate and candidate != tokenizer.eos_token and candidate in tokenizer.get_vocab():
+            tokenizer.pad_token = candidate
+            return
+
+
 def load_policy(path: str | Path, params: dict, device: torch.device | str = "cpu"):
     model = AutoModelForCausalLM.from_pretrained(
         str(path),

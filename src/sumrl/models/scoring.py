@@ -47,6 +47,9 @@ def score_texts(reward_model, tokenizer, texts: list[str], kind: str, batch_size
     """Reward and sigma for full texts (prompt + completion, as formatted by PromptFormat)."""
     device = next(reward_model.parameters()).device
     tokenizer.padding_side = "left"  # the sequence-classification head reads the last non-pad token
+    pad_id = reward_model.config.pad_token_id
+    if pad_id is not None and tokenizer.pad_token_id != pad_id:  # pad exactly as the RM was trained
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
     rewards, sigmas = [], []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True,

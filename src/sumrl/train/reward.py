@@ -20,7 +20,7 @@ from trl import RewardConfig, RewardTrainer
 from sumrl import runtime, stages
 from sumrl.artifacts import read_json, read_jsonl, write_json
 from sumrl.data.prompts import PromptFormat
-from sumrl.models.load import DTYPES, load_tokenizer
+from sumrl.models.load import DTYPES, load_tokenizer, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
 from sumrl.train.common import CurveCallback, checkpoint_dir, lora_config, trainer_args, write_run
 
@@ -75,6 +75,7 @@ def run(params: dict, args) -> None:
     device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
     base = reward_base(params)
     tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
+    use_distinct_pad(tokenizer)
     fmt = PromptFormat.from_params(tokenizer, params)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
