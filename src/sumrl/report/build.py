@@ -1,0 +1,212 @@
+"""`sumrl report`: compare every policy in one Markdown report, one HTML page, metrics.json and PNG plots.
+
+Nothing here depends on the clock or on file-system order, so identical inputs give identical outputs
+(`dvc metrics diff` then shows only real changes).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sumrl.artifacts import atomic_path, write_json
+from sumrl.report import plots
+from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
+from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, TRAINED_STAGES, Inputs, consolidation_path, curve_path,
+                                 load_inputs, rl_curve_name)
+from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_value,
+                                 key_value_table, metrics_json, policy_summary, sample_blocks, sample_ids,
+                                 seed_spread, seed_table)
+
+log = logging.getLogger(__name__)
+
+REPORTS = Path("reports")
+REPORT_MD = REPORTS / "report.md"
+INDEX_HTML = REPORTS / "index.html"
+METRICS = REPORTS / "metrics.json"
+PLOTS = REPORTS / "plots"
+TITLE = "sumrl: RLHF for summarization"
+# Thresholds of the health checks: the failure modes reported for RLHF on summaries (notes/what-peers-do.md).
+LOW_EOS_RATE = 0.5
+ROUGE_COLLAPSE = 0.5  # ROUGE-L below this fraction of SFT's
+CARD_DETAIL = ("title", "notes", "tokens", "params")
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def group_of(policy: str, inputs: Inputs) -> str:
+    """RL seeds of one method share a colour and a legend entry; base and SFT are their own group."""
+    return inputs.methods.get(policy, policy)
+
+
+def policy_colors(inputs: Inputs) -> dict[str, str]:
+    """Colours keyed by group (for per-method figures) and by policy (for per-policy figures)."""
+    groups = list(dict.fromkeys(group_of(p, inputs) for p in inputs.policies))
+    by_group = plots.palette(groups)
+    return {**by_group, **{p: by_group[group_of(p, inputs)] for p in inputs.policies}}
+
+
+def rl_line_styles(inputs: Inputs, colors: dict[str, str]) -> dict[str, dict]:
+    """Seeds of one method share its colour and differ in dash pattern."""
+    seen: dict[str, int] = {}
+    styles = {}
+    for policy, method in inputs.methods.items():
+        k = seen[method] = seen.get(method, -1) + 1
+        styles[policy] = {"color": colors[policy], "linestyle": plots.LINESTYLES[k % len(plots.LINESTYLES)]}
+    return styles
+
+
+# ---- figures ---------------------------------------------------------------------------------------
+
+def figure(drawn: bool, name: str, caption: str, why_missing: str) -> Block:
+    return Image(f"plots/{name}", caption) if drawn else Paragraph(why_missing)
+
+
+def missing_curve(name: str) -> str:
+    return f"No curve: `{curve_path(name)}` not found or empty."
+
+
+def write_plots(inputs: Inputs, summary: dict[str, dict], folder: Path, colors: dict[str, str]) -> dict[str, list[Block]]:
+    """Draw every figure into `folder`; figure key -> the blocks that show it (or say why it is absent)."""
+    out: dict[str, list[Block]] = {}
+    for stage, panels in (("sft", plots.SFT_PANELS), ("reward", plots.REWARD_PANELS)):
+        runs = {stage: inputs.curves[stage]} if stage in inputs.curves else {}
+        drawn = plots.plot_curves(runs, panels, folder / f"curves_{stage}.png")
+        out[stage] = [figure(drawn, f"curves_{stage}.png", f"{stage} training curves", missing_curve(stage))]
+    rl_runs = {p: inputs.curves[rl_curve_name(p)] for p in inputs.methods if rl_curve_name(p) in inputs.curves}
+    drawn = plots.plot_curves(rl_runs, plots.RL_PANELS, folder / "curves_rl.png", rl_line_styles(inputs, colors))
+    out["rl"] = [figure(drawn, "curves_rl.png", "RL training curves per run", "No RL training curves found.")]
+    out["rl"] += [Paragraph(missing_curve(rl_curve_name(p))) for p in inputs.methods if p not in rl_runs]
+    points = [{"label": p, "group": group_of(p, inputs), "kl": m["kl_to_sft"], "reward": m["reward"],
+               "reward_se": m["reward_se"]} for p, m in summary.items()]
+    drawn = plots.plot_reward_vs_kl(points, folder / "reward_vs_kl.png", colors)
+    out["reward_vs_kl"] = [figure(drawn, "reward_vs_kl.png", "test-set reward (± s.e.) versus KL to SFT",
+                                  "No policy has both a reward and a KL to SFT.")]
+    lengths = {p: [e["length"] for e in inputs.evals[p]["examples"]] for p in inputs.policies}
+    drawn = plots.plot_length_histograms(lengths, folder / "length_hist.png", colors)
+    out["lengths"] = [figure(drawn, "length_hist.png", "summary-length histograms per policy",
+                             "No generations to measure.")]
+    return out
+
+
+# ---- sections --------------------------------------------------------------------------------------
+
+def health_checks(summary: dict[str, dict], inputs: Inputs) -> Paragraph:
+    sft_rouge = summary[REFERENCE_POLICY]["rougeL"]
+    flags = [f"`{p}`: only {fmt_pct(m['eos_rate'])} of summaries end with EOS (the rest ran to the token limit)."
+             for p, m in summary.items() if m["eos_rate"] < LOW_EOS_RATE]
+    flags += [f"`{p}`: ROUGE-L {fmt(summary[p]['rougeL'])} is under half of SFT's {fmt(sft_rouge)}; "
+              "check the samples for reward hacking (repetition, run-on text)."
+              for p in inputs.methods if summary[p]["rougeL"] < ROUGE_COLLAPSE * sft_rouge]
+    if not flags:
+        return Paragraph(f"Health checks: every policy ends at least {fmt_pct(LOW_EOS_RATE)} of its summaries "
+                         "with EOS, and no RL policy has ROUGE-L under half of SFT's.")
+    return Paragraph("Health checks: " + " ".join(flags))
+
+
+def comparison_section(summary: dict[str, dict], inputs: Inputs) -> list[Block]:
+    n = summary[REFERENCE_POLICY]["n"]
+    return [
+        Heading("Policies on the test split"),
+        comparison_table(summary),
+        Paragraph(f"{n} test inputs. ROUGE is F1 (best over references). Reward is the reward model's score of "
+                  "prompt + summary + EOS, mean ± standard error. Δ reward vs SFT is the mean per-input "
+                  "difference to SFT on the same inputs (paired) ± its standard error. KL to SFT is "
+                  "`sum_t [log π(y_t) − log π_SFT(y_t)]` over each summary's tokens, averaged over the policy's "
+                  "own generations (± s.e.). Length counts generated tokens, EOS included."),
+        health_checks(summary, inputs),
+    ]
+
+
+def seed_section(spread: dict | None) -> list[Block]:
+    if not spread:
+        return []
+    return [Heading("Across seeds"), seed_table(spread),
+            Paragraph("Mean and standard deviation (ddof=1) over each method's seeds.")]
+
+
+def reward_model_section(inputs: Inputs) -> list[Block]:
+    blocks: list[Block] = [Heading("Reward model")]
+    ev = inputs.reward_eval
+    if ev is None:
+        return blocks + [Paragraph(f"Not available: `{REWARD_EVAL}` not found.")]
+    if "accuracy" in ev:
+        blocks.append(Paragraph(f"Held-out pairwise accuracy: {fmt_value(ev['accuracy'])} "
+                                "(fraction of validation pairs where chosen outscores rejected)."))
+    return blocks + [key_value_table(ev)]
+
+
+def pairs_section(inputs: Inputs) -> list[Block]:
+    """The pairs card's own title and notes (they say how the pairs were built), then its scalar facts."""
+    blocks: list[Block] = [Heading("Preference pairs")]
+    card = inputs.pairs_card
+    if card is None:
+        return blocks + [Paragraph(f"Not available: `{PAIRS_CARD}` not found, so how the preference pairs "
+                                   "were built is not recorded here.")]
+    if card.get("title"):
+        blocks.append(Heading(card["title"], 3))
+    blocks += [Quote(note) for note in card.get("notes", [])]
+    # Token statistics, the params echo and dropped-id lists belong to data/pairs/card.md, not to a summary.
+    facts = {k: v for k, v in flatten(card).items()
+             if not isinstance(v, list) and k.split(".")[0] not in CARD_DETAIL}
+    return blocks + [key_value_table(facts)]
+
+
+def consolidation_section(inputs: Inputs) -> list[Block]:
+    rows = []
+    for stage in TRAINED_STAGES:
+        checks = inputs.consolidation[stage]
+        if checks is None:
+            rows.append((stage, "not available", f"{consolidation_path(stage)} not found"))
+            continue
+        figures = "; ".join(f"{k} = {fmt_value(v)}" for k, v in flatten(checks).items()
+                            if k not in ("ok", "stage") and not isinstance(v, list))
+        rows.append((stage, "yes" if checks.get("ok") else "NO", figures))
+    return [Heading("Consolidated weights"), Table(("Stage", "Verified", "Checks"), tuple(rows))]
+
+
+def samples_section(inputs: Inputs, n: int) -> list[Block]:
+    ids = sample_ids(inputs, n)
+    if not ids:
+        return []
+    blocks: list[Block] = [Heading("Samples")]
+    for i, example_id in enumerate(ids, 1):
+        blocks += [Heading(f"Sample {i} (test id {example_id})", 3), *sample_blocks(inputs, example_id)]
+    return blocks
+
+
+def build_document(inputs: Inputs, summary: dict[str, dict], spread: dict | None, figures: dict[str, list[Block]],
+                   samples: int) -> list[Block]:
+    policies = ", ".join(f"`{p}`" for p in inputs.policies)
+    return [
+        Heading(TITLE, 1),
+        Paragraph(f"Policies compared: {policies}."),
+        *comparison_section(summary, inputs),
+        *seed_section(spread),
+        Heading("Reward versus KL"), *figures["reward_vs_kl"],
+        Heading("Summary lengths"), *figures["lengths"],
+        Heading("Training curves"),
+        Heading("SFT", 3), *figures["sft"],
+        Heading("Reward model", 3), *figures["reward"],
+        Heading("RL", 3), *figures["rl"],
+        *reward_model_section(inputs),
+        *pairs_section(inputs),
+        *consolidation_section(inputs),
+        *samples_section(inputs, samples),
+    ]
+
+
+def run(params: dict, args=None) -> None:
+    inputs = load_inputs(params)
+    summary = policy_summary(inputs)
+    spread = seed_spread(summary, inputs.methods) if len(params["rl"]["seeds"]) > 1 else None
+    with atomic_path(PLOTS, is_dir=True) as folder:
+        figures = write_plots(inputs, summary, folder, policy_colors(inputs))
+    blocks = build_document(inputs, summary, spread, figures, params["report"]["samples"])
+    write_text(REPORT_MD, to_markdown(blocks))
+    write_text(INDEX_HTML, to_html(blocks, REPORTS, TITLE))
+    write_json(METRICS, metrics_json(summary, spread, inputs))
+    log.info("wrote %s, %s, %s and %s/", REPORT_MD, INDEX_HTML, METRICS, PLOTS)

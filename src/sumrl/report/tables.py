@@ -1,0 +1,179 @@
+"""The numbers of the report: per-policy rows, the spread across RL seeds, metrics.json, sample tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from sumrl.evaluate.metrics import mean, mean_stderr, sample_std
+from sumrl.report.document import Block, Quote, Table
+from sumrl.report.inputs import Inputs
+
+REFERENCE_POLICY = "sft"
+# Columns of the seed summary: the metrics a reader compares methods by.
+SEED_METRICS = ("rouge1", "rouge2", "rougeL", "reward", "kl_to_sft", "length", "eos_rate")
+METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "reward": "Reward",
+                "kl_to_sft": "KL to SFT", "length": "Length", "eos_rate": "EOS rate"}
+DIGITS = {"length": 1, "eos_rate": 2}
+ROUND = 6  # metrics.json precision: enough for any comparison, short enough to read in `dvc metrics diff`
+
+
+# ---- formatting ------------------------------------------------------------------------------------
+
+def fmt(x: float | None, digits: int = 3, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
+
+
+def fmt_pm(x: float | None, spread: float | None, digits: int = 3, signed: bool = False) -> str:
+    text = fmt(x, digits, signed)
+    return text if spread is None or text == "n/a" else f"{text} ± {spread:.{digits}f}"
+
+
+def fmt_pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def fmt_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+# ---- per-policy summary ----------------------------------------------------------------------------
+
+def paired_delta(examples: list[dict], reference: list[dict], key: str = "reward") -> tuple[float, float | None]:
+    """Mean and s.e. of the per-example difference to the reference policy on the same test inputs.
+
+    Pairing removes the spread between easy and hard inputs, which both policies share.
+    """
+    ref = {e["id"]: e[key] for e in reference}
+    diffs = [e[key] - ref[e["id"]] for e in examples if e["id"] in ref]
+    if not diffs:
+        return math.nan, None
+    return mean_stderr(diffs)
+
+
+def policy_summary(inputs: Inputs) -> dict[str, dict]:
+    """policy -> its eval metrics plus the paired reward difference to SFT."""
+    ref = inputs.evals[REFERENCE_POLICY]["examples"]
+    out = {}
+    for policy in inputs.policies:
+        ev = inputs.evals[policy]
+        delta, delta_se = paired_delta(ev["examples"], ref)
+        out[policy] = {**ev["metrics"], "n": ev.get("n", len(ev["examples"])),
+                       "reward_delta_vs_sft": delta, "reward_delta_vs_sft_se": delta_se}
+    return out
+
+
+def comparison_table(summary: dict[str, dict]) -> Table:
+    """The trlx-style TL;DR table; a probabilistic reward model adds its mean sigma (its own uncertainty)."""
+    with_sigma = any(m.get("sigma") is not None for m in summary.values())
+    header = ("Policy", "ROUGE-1", "ROUGE-2", "ROUGE-L", "Reward ± s.e.", "Δ reward vs SFT", "KL to SFT",
+              "Length", "EOS rate", *(("RM sigma",) if with_sigma else ()))
+    rows = tuple(
+        (policy, fmt(m["rouge1"]), fmt(m["rouge2"]), fmt(m["rougeL"]), fmt_pm(m["reward"], m["reward_se"]),
+         fmt_pm(m["reward_delta_vs_sft"], m["reward_delta_vs_sft_se"], signed=True),
+         fmt_pm(m["kl_to_sft"], m.get("kl_to_sft_se")), fmt(m["length"], 1), fmt_pct(m["eos_rate"]),
+         *((fmt(m.get("sigma")),) if with_sigma else ()))
+        for policy, m in summary.items()
+    )
+    return Table(header, rows, "numbers")
+
+
+# ---- across seeds ----------------------------------------------------------------------------------
+
+def seed_spread(summary: dict[str, dict], methods: dict[str, str]) -> dict[str, dict[str, dict]]:
+    """method -> metric -> {mean, sd, n} over that method's seeds (sd with ddof=1)."""
+    by_method: dict[str, list[dict]] = {}
+    for policy, method in methods.items():
+        by_method.setdefault(method, []).append(summary[policy])
+    out = {}
+    for method, runs in by_method.items():
+        out[method] = {}
+        for key in SEED_METRICS:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            out[method][key] = {"mean": mean(values), "sd": sample_std(values), "n": len(values)}
+    return out
+
+
+def seed_table(spread: dict[str, dict[str, dict]]) -> Table:
+    header = ("Method", "Seeds", *(f"{METRIC_NAMES[k]} (mean ± sd)" for k in SEED_METRICS))
+    rows = tuple(
+        (method, str(stats[SEED_METRICS[0]]["n"]),
+         *(fmt_pm(stats[k]["mean"], stats[k]["sd"], DIGITS.get(k, 3)) for k in SEED_METRICS))
+        for method, stats in spread.items()
+    )
+    return Table(header, rows, "numbers")
+
+
+# ---- metrics.json ----------------------------------------------------------------------------------
+
+def _rounded(d: dict) -> dict:
+    """Numbers only (dvc metrics compares numbers), rounded; absent values are left out."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, bool):
+            out[key] = value
+        elif isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value)):
+            out[key] = round(value, ROUND) if isinstance(value, float) else value
+    return out
+
+
+def metrics_json(summary: dict[str, dict], spread: dict | None, inputs: Inputs) -> dict:
+    out: dict = {policy: _rounded(m) for policy, m in summary.items()}
+    if spread:
+        out["across_seeds"] = {
+            method: _rounded({f"{k}_{stat}": v[stat] for k, v in stats.items() for stat in ("mean", "sd")})
+            for method, stats in spread.items()
+        }
+    if inputs.reward_eval is not None:
+        out["reward_model"] = _rounded(inputs.reward_eval)
+    checks = {f"{stage}_ok": bool(c.get("ok")) for stage, c in inputs.consolidation.items() if c is not None}
+    if checks:
+        out["consolidation"] = checks
+    return out
+
+
+# ---- key/value and sample tables -------------------------------------------------------------------
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """Nested dicts as dotted keys, for showing a JSON file of unknown shape as one table."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def key_value_table(d: dict) -> Table:
+    return Table(("Key", "Value"), tuple((k, fmt_value(v)) for k, v in flatten(d).items()), "numbers")
+
+
+def sample_ids(inputs: Inputs, n: int) -> list[str]:
+    """The first n test inputs, in test-split order: the same examples in every report."""
+    return [e["id"] for e in inputs.evals[REFERENCE_POLICY]["examples"][:n]]
+
+
+def sample_blocks(inputs: Inputs, example_id: str) -> list[Block]:
+    """One test input: the document, then the reference and each policy's summary with its reward."""
+    per_policy = {p: {e["id"]: e for e in inputs.evals[p]["examples"]} for p in inputs.policies}
+    first = inputs.generations[REFERENCE_POLICY].get(example_id, {})
+    rows = [("reference", first.get("reference", "n/a"), "", "")]
+    for policy in inputs.policies:
+        gen = inputs.generations[policy].get(example_id)
+        ev = per_policy[policy].get(example_id)
+        if gen is None or ev is None:
+            rows.append((policy, "(not generated for this input)", "", ""))
+            continue
+        rows.append((policy, gen["summary"] or "(empty)", fmt(ev["reward"]), str(ev["length"])))
+    document = first.get("document") or first.get("prompt", "")
+    return [Quote(document), Table(("Source", "Summary", "Reward", "Length"), tuple(rows), "samples")]
