@@ -87,19 +87,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         adv, extra = method.advantages(batch)
         seq_kl = F.sequence_kl(batch.logp, batch.ref_logp, batch.mask)
 
-        policy.train()
-        losses, extras = [], []
-        for _epoch in range(cfg["epochs"]):
-            for idx in torch.randperm(len(batch)).chunk(cfg["mini_batches"]):
-                logp, values, _ = forward_completion(policy, batch.input_ids[idx], batch.attention_mask[idx],
-                                                     batch.completion_len, cfg["temperature"], value_head)
-                loss, loss_stats = method.loss(logp * batch.mask[idx], batch, idx, adv, extra, values)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"])
-                optimizer.step()
-                losses.append(loss.item())
-                extras.append(loss_stats)
+        losses, extras = update(policy, value_head, optimizer, trainable, method, batch, adv, extra, cfg)
 
         logger.log({
             "step": step + 1,
@@ -128,6 +116,25 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         write_json(tmp / "sumrl_rl.json", {**summary, "rl": cfg})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     return summary
+
+
+def update(policy, value_head, optimizer, trainable, method: Method, batch, adv, extra, cfg: dict
+           ) -> tuple[list[float], list[dict]]:
+    """rl.epochs passes over the rollout in rl.mini_batches shuffled mini-batches, one optimizer step each."""
+    policy.train()
+    losses, extras = [], []
+    for _epoch in range(cfg["epochs"]):
+        for idx in torch.randperm(len(batch)).chunk(cfg["mini_batches"]):
+            logp, values, _ = forward_completion(policy, batch.input_ids[idx], batch.attention_mask[idx],
+                                                 batch.completion_len, cfg["temperature"], value_head)
+            loss, loss_stats = method.loss(logp * batch.mask[idx], batch, idx, adv, extra, values)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"])
+            optimizer.step()
+            losses.append(loss.item())
+            extras.append(loss_stats)
+    return losses, extras
 
 
 def _prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:

@@ -1,0 +1,191 @@
+"""One RLOO step of sumrl against trl.RLOOTrainer, same settings, in one run; prints episodes/s and peak memory.
+
+Same policy (SmolLM2-135M-Instruct from models/base, or --model), same prompts (ACLSum abstracts formatted by
+sumrl's PromptFormat), same k, completion length, LoRA config, KL coefficient, temperature and reward model
+(models/reward if present, else a fresh scalar head on the base model). Each side runs in its own process so
+peak RSS is its own; each does `--warmup` untimed steps, then `--steps` timed steps.
+
+    .venv/bin/python bench/bench_rloo_vs_trl.py            # after `make run` (uses models/base, models/reward)
+    .venv/bin/python bench/bench_rloo_vs_trl.py --steps 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings(args) -> dict:
+    return {"k": args.k, "prompts_per_step": args.prompts, "max_new_tokens": args.tokens, "lora_r": 16,
+            "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "kl_coef": 0.05,
+            "temperature": 1.0, "learning_rate": 2e-4, "threads": args.threads}
+
+
+def load_prompts(model_dir: str, n: int) -> list[str]:
+    from aclsum import ACLSum
+
+    from sumrl.data.prompts import PromptFormat
+    from sumrl.models.load import load_tokenizer
+    from sumrl.params import load_params
+
+    params = load_params(ROOT / "params.yaml", check_files=False)
+    fmt = PromptFormat.from_params(load_tokenizer(model_dir), params)
+    return [fmt.prompt(" ".join(d.sentences["abstract"])) for d in list(ACLSum("val"))[:n]]
+
+
+def reward_dir(model_dir: str, workdir: Path) -> str:
+    """models/reward if the workflow has run; otherwise a fresh scalar head (identical cost per step)."""
+    if (ROOT / "models" / "reward" / "sumrl_reward.json").is_file():
+        return str(ROOT / "models" / "reward")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = workdir / "rm"
+    rm = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    rm.config.pad_token_id = tok.pad_token_id
+    rm.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "sumrl_reward.json").write_text(json.dumps({"kind": "scalar", "num_scores": 1}))
+    return str(out)
+
+
+def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> dict:
+    import torch
+
+    from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
+    from sumrl.params import load_params
+    from sumrl.rl.core import add_lora, rollout
+    from sumrl.rl.loop import update
+    from sumrl.rl.methods import build_method
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    params = load_params(ROOT / "params.yaml", check_files=False, overrides=[
+        f"rl.rloo.k={cfg['k']}", f"rl.kl_coef={cfg['kl_coef']}", f"rl.max_new_tokens={cfg['max_new_tokens']}",
+        f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1"])
+    rl = params["rl"]
+    tok = load_tokenizer(model_dir)
+    policy = add_lora(load_policy(model_dir, params), {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"],
+                                                       "dropout": 0.0, "target_modules": cfg["target_modules"]})
+    rm, meta = load_reward_model(rm_dir, params)
+    rm_tok = load_tokenizer(rm_dir)
+    method = build_method("rloo", rl)
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg["learning_rate"])
+    prompts = [p for p in load_prompts(model_dir, cfg["prompts_per_step"]) for _ in range(cfg["k"])]
+    times = []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        batch, _, _ = rollout(policy, tok, rm, rm_tok, meta["kind"], prompts, rl)
+        adv, extra = method.advantages(batch)
+        update(policy, None, opt, trainable, method, batch, adv, extra, rl)
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_seconds": times}
+
+
+def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+    from trl import RLOOConfig, RLOOTrainer
+
+    from sumrl.models.load import load_tokenizer
+
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    tok = load_tokenizer(model_dir)
+    prompts = load_prompts(model_dir, cfg["prompts_per_step"])
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+    stamps: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kw):
+            stamps.append(time.perf_counter())
+
+    with tempfile.TemporaryDirectory() as out:
+        config = RLOOConfig(
+            output_dir=out, max_steps=warmup + steps, per_device_train_batch_size=cfg["k"] * cfg["prompts_per_step"],
+            num_generations=cfg["k"], max_completion_length=cfg["max_new_tokens"], temperature=cfg["temperature"],
+            beta=cfg["kl_coef"], learning_rate=cfg["learning_rate"], use_cpu=True, bf16=False, report_to="none",
+            logging_steps=1, save_strategy="no", seed=0,
+        )
+        trainer = RLOOTrainer(
+            model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=rm, args=config,
+            train_dataset=Dataset.from_list([{"prompt": p} for p in prompts] * (warmup + steps)),
+            processing_class=tok, reward_processing_classes=load_tokenizer(rm_dir),
+            peft_config=LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0,
+                                   target_modules=cfg["target_modules"], task_type="CAUSAL_LM"),
+            callbacks=[Clock()],
+        )
+        trainer.train()
+    spans = [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)]
+    return {"step_seconds": spans[warmup:], "gradient_checkpointing": config.gradient_checkpointing}
+
+
+def child(args) -> None:
+    cfg = json.loads(args.child_cfg)
+    fn = run_sumrl if args.child == "sumrl" else run_trl
+    result = fn(cfg, args.model, args.reward, args.steps, args.warmup)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "models" / "base"))
+    ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64, help="completion length")
+    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reward", default=None)
+    ap.add_argument("--child", choices=["sumrl", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--child-cfg", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if not Path(args.model).is_dir():
+        sys.exit(f"{args.model}: no model folder; run `make run` (or `sumrl base-model`) first")
+    cfg = settings(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        rm = args.reward or reward_dir(args.model, Path(tmp))
+        results = {}
+        for side in ("sumrl", "trl"):
+            cmd = [sys.executable, __file__, "--child", side, "--child-cfg", json.dumps(cfg), "--model", args.model,
+                   "--reward", rm, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if out.returncode or not line:
+                sys.exit(f"{side} failed:\n{out.stderr[-3000:]}")
+            results[side] = json.loads(line[0][7:])
+    episodes = cfg["k"] * cfg["prompts_per_step"]
+    print(f"settings: {json.dumps(cfg)}")
+    print(f"{'':8s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s}")
+    for side, r in results.items():
+        sec = sum(r["step_seconds"]) / len(r["step_seconds"])
+        r["episodes_per_s"] = episodes / sec
+        print(f"{side:8s} {sec:8.2f} {r['episodes_per_s']:11.3f} {r['peak_rss_gb']:12.2f}")
+    speed = results["sumrl"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
+    mem = results["sumrl"]["peak_rss_gb"] / results["trl"]["peak_rss_gb"]
+    print(f"speed ratio (sumrl/trl episodes per s): {speed:.2f}x  (target >= 2.0)")
+    print(f"memory ratio (sumrl/trl peak RSS):      {mem:.2f}x  (target <= 0.7)")
+    print(f"trl gradient_checkpointing: {results['trl'].get('gradient_checkpointing')}")
+
+
+if __name__ == "__main__":
+    main()
