@@ -79,16 +79,17 @@ def run(params: dict, args) -> None:
     fmt = PromptFormat.from_params(tokenizer, params)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=num_labels(cfg), dtype=DTYPES[params["model"]["dtype"]],
-        trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
-    ).to(device)
-    model.config.pad_token_id = tokenizer.pad_token_id
     work_dir, resume_from = checkpoint_dir("reward", params, cfg, getattr(args, "restart", False))
     config = RewardConfig(
         **trainer_args(cfg, params, work_dir),
         max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
     )
+    # Loaded after the config: under ZeRO-3 the weights are partitioned as they load.
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=num_labels(cfg), dtype=DTYPES[params["model"]["dtype"]],
+        trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
+    ).to(device)
+    model.config.pad_token_id = tokenizer.pad_token_id
     trainer_cls = RewardTrainer if cfg["kind"] == "scalar" else ProbabilisticRewardTrainer
     trainer = trainer_cls(
         model=model,

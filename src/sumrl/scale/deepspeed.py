@@ -1,0 +1,86 @@
+"""DeepSpeed ZeRO for the training stages: which config they train with, and the environment it needs.
+
+The JSON files in workflow/launch/ are the only copy of each ZeRO config: `trainer_kwargs` hands the one
+that `compute.deepspeed` and `compute.offload` name to SFTConfig/RewardConfig, and the accelerate configs
+beside them point at the same files. Their "auto" values (batch sizes, clipping, bf16/fp16, bucket sizes)
+are filled in by the HF Trainer from the training arguments and the model, so one file serves a CPU and
+an 8-GPU node alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from sumrl.params import ParamsError
+
+LAUNCH_DIR = Path("workflow") / "launch"
+# Beside the package source in a checkout (src/sumrl/scale/ -> repo root): tests and scripts may run elsewhere.
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
+
+
+def launch_dir() -> Path:
+    """workflow/launch/: under the working directory (stages run at the repo root), else of this checkout."""
+    for root in (Path.cwd(), SOURCE_ROOT):
+        if (root / LAUNCH_DIR).is_dir():
+            return root / LAUNCH_DIR
+    raise FileNotFoundError(f"{LAUNCH_DIR}: not found under {Path.cwd()} or {SOURCE_ROOT}")
+
+
+def zero_mode(params: dict) -> str | None:
+    """'zero2', 'zero3_offload', ... or None when DeepSpeed is off."""
+    compute = params["compute"]
+    if compute["deepspeed"] == "none":
+        if compute["offload"] != "none":
+            raise ParamsError("compute.offload: 'cpu' offload is a ZeRO feature; "
+                              "set compute.deepspeed to zero2 or zero3")
+        return None
+    return compute["deepspeed"] + ("_offload" if compute["offload"] == "cpu" else "")
+
+
+def deepspeed_config_path(params: dict) -> Path | None:
+    mode = zero_mode(params)
+    return None if mode is None else launch_dir() / f"ds_{mode}.json"
+
+
+def load_deepspeed_config(params: dict) -> dict | None:
+    path = deepspeed_config_path(params)
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: DeepSpeed config for compute.deepspeed/offload not found") from None
+    except json.JSONDecodeError as exc:
+        raise ParamsError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
+
+
+def trainer_kwargs(params: dict) -> dict:
+    """Extra SFTConfig/RewardConfig keyword arguments for `compute.deepspeed`: {"deepspeed": {...}} or {}."""
+    config = load_deepspeed_config(params)
+    return {} if config is None else {"deepspeed": config}
+
+
+def prepare_distributed_env(params: dict) -> None:
+    """Make a plain `python` process a world of one, so DeepSpeed runs without a launcher.
+
+    Without RANK/WORLD_SIZE DeepSpeed goes looking for MPI (mpi4py) and fails. Values a launcher
+    (accelerate, torchrun, deepspeed) already set are kept. DeepSpeed compiles a communication op on
+    first use; it goes to the project cache, not $HOME.
+    """
+    if zero_mode(params) is None:
+        return  # a world of one would make the HF Trainer set up a process group for nothing
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(".cache", "torch_extensions").resolve()))
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now: several single-process stages may run side by side."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
