@@ -86,7 +86,11 @@ def consolidate(run_dir: Path, out_dir: Path, stage: str, trust_remote_code: boo
     started = time.time()
     manifest = read_manifest(run_dir, stage)
     base_dir = Path(manifest["base"])
-    tokenizer = AutoTokenizer.from_pretrained(str(base_dir), trust_remote_code=trust_remote_code)
+    # The trained tokenizer (saved with the adapter in final/) carries the run's pad token: a reward model
+    # pads with a non-EOS token so its head reads the EOS (sumrl.models.load.use_distinct_pad).
+    trained_tok = run_dir / "final" / "tokenizer_config.json"
+    tok_dir = trained_tok.parent if trained_tok.is_file() else base_dir
+    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), trust_remote_code=trust_remote_code)
     base = load_base_model(manifest, tokenizer, trust_remote_code)
     trained = load_trained(base, manifest, run_dir)
     probe = probe_inputs(base.config)
@@ -150,8 +154,8 @@ def load_base_model(manifest: dict, tokenizer, trust_remote_code: bool) -> torch
     model = TASKS[manifest["task"]].from_pretrained(
         manifest["base"], dtype=torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True, **extra
     )
-    if model.config.pad_token_id is None:
-        # Sequence classification finds each row's last token through the pad id; batches need one.
+    if manifest["task"] == "sequence_classification" or model.config.pad_token_id is None:
+        # Sequence classification finds each row's last token through the pad id: it must be the one trained with.
         pad = tokenizer.pad_token_id
         model.config.pad_token_id = pad if pad is not None else tokenizer.eos_token_id
     return model
