@@ -62,50 +62,63 @@ class Stage:
 
 
 CODE = "src/sumrl"
+# Modules every model-running stage imports: a change here reruns them all (over-inclusive, never stale).
+SHARED_CODE = tuple(f"{CODE}/{m}" for m in ("artifacts.py", "runtime.py", "models/load.py", "data/prompts.py",
+                                            "generation.py", "models/scoring.py"))
+
+
+def _outside(folder: str, files: tuple[str, ...]) -> tuple[str, ...]:
+    """`files` less those inside `folder` (a folder dep already covers them)."""
+    return tuple(f for f in files if not f.startswith(f"{CODE}/{folder}/"))
+
+
+TRAIN_CODE = tuple(f"{CODE}/{m}" for m in ("train/common.py", "scale/deepspeed.py", "scale/launch.py"))
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         "base_model",
         "sumrl base-model",
-        deps=(f"{CODE}/models/base.py",),
+        deps=(f"{CODE}/models/base.py", f"{CODE}/models/load.py", f"{CODE}/artifacts.py"),
         outs=(BASE,),
         params=("model.base", "model.dtype", "compute.trust_remote_code"),
     ),
     Stage(
         "prepare_data",
         "sumrl prepare-data",
-        deps=(f"{CODE}/data", BASE),
+        deps=(f"{CODE}/data", f"{CODE}/models/load.py", f"{CODE}/artifacts.py", BASE),
         outs=(PREPARED,),
         params=("seed", "data"),
     ),
     Stage(
         "pairs",
         "sumrl pairs",
-        deps=(f"{CODE}/data", PREPARED, BASE),
+        deps=(f"{CODE}/data", *_outside("data", SHARED_CODE), PREPARED, BASE),
         outs=(PAIRS,),
-        params=("seed", "pairs", "prompt"),
+        params=("seed", "pairs", "prompt", "data.on_bad_rows", "model.dtype", "compute"),
     ),
     Stage(
         "sft",
         "sumrl sft",
-        deps=(f"{CODE}/train/sft.py", PREPARED, BASE),
+        deps=(f"{CODE}/train/sft.py", *TRAIN_CODE, *SHARED_CODE, PREPARED, BASE),
         outs=(SFT_RUN,),
-        params=("seed", "sft", "prompt", "compute"),
+        params=("seed", "sft", "prompt", "compute", "data.max_document_tokens", "data.max_summary_tokens",
+                "model.dtype"),
         plots=(f"{CURVES}/sft.csv",),
     ),
     Stage(
         "reward",
         "sumrl reward",
-        deps=(f"{CODE}/train/reward.py", PAIRS, BASE),
+        deps=(f"{CODE}/train/reward.py", *TRAIN_CODE, *SHARED_CODE, PAIRS, BASE),
         outs=(REWARD_RUN,),
-        params=("seed", "reward", "prompt", "compute", "model.reward_base"),
+        params=("seed", "reward", "prompt", "compute", "model.reward_base", "model.dtype",
+                "data.max_document_tokens", "data.max_summary_tokens", "evaluate.batch_size"),
         metrics=("reports/reward_eval.json",),
         plots=(f"{CURVES}/reward.csv",),
     ),
     Stage(
         "consolidate",
         "sumrl consolidate --stage {stage}",
-        deps=(f"{CODE}/scale/consolidate.py", "models/{stage}_run", BASE),
+        deps=(f"{CODE}/scale/consolidate.py", f"{CODE}/artifacts.py", "models/{stage}_run", BASE),
         outs=("models/{stage}",),
         params=("compute",),
         metrics=(CONSOLIDATION,),
@@ -114,34 +127,34 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "rl",
         "sumrl rl --method {method} --seed {seed}",
-        deps=(f"{CODE}/rl", PREPARED, SFT, REWARD),
+        deps=(f"{CODE}/rl", *SHARED_CODE, PREPARED, SFT, REWARD),
         outs=(RL,),
-        params=("rl", "prompt", "compute"),
+        params=("rl", "prompt", "compute", "model.dtype"),
         plots=(f"{CURVES}/rl_{{method}}_s{{seed}}.csv",),
         over_rl_runs=True,
     ),
     Stage(
         "generate",
         "sumrl generate --policy {policy}",
-        deps=(f"{CODE}/evaluate/generate.py", PREPARED, "{policy_dir}"),
+        deps=(f"{CODE}/evaluate/generate.py", *SHARED_CODE, PREPARED, "{policy_dir}"),
         outs=(GENERATIONS,),
-        params=("seed", "generate", "prompt"),
+        params=("seed", "generate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
         extra={"policies": tuple(FIXED_POLICIES)},
     ),
     Stage(
         "generate_rl",
         "sumrl generate --policy {method}_s{seed}",
-        deps=(f"{CODE}/evaluate/generate.py", PREPARED, RL),
+        deps=(f"{CODE}/evaluate/generate.py", *SHARED_CODE, PREPARED, RL),
         outs=(GENERATIONS.format(policy="{method}_s{seed}"),),
-        params=("seed", "generate", "prompt"),
+        params=("seed", "generate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
         over_rl_runs=True,
     ),
     Stage(
         "evaluate",
         "sumrl evaluate --policy {policy}",
-        deps=(f"{CODE}/evaluate/metrics.py", GENERATIONS, REWARD, SFT, "{policy_dir}"),
+        deps=(f"{CODE}/evaluate/metrics.py", *SHARED_CODE, GENERATIONS, REWARD, SFT, "{policy_dir}"),
         outs=(EVAL,),
-        params=("evaluate",),
+        params=("evaluate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
         extra={"policies": tuple(FIXED_POLICIES)},
     ),
     Stage(
@@ -149,21 +162,22 @@ STAGES: tuple[Stage, ...] = (
         "sumrl evaluate --policy {method}_s{seed}",
         deps=(
             f"{CODE}/evaluate/metrics.py",
+            *SHARED_CODE,
             GENERATIONS.format(policy="{method}_s{seed}"),
             REWARD,
             SFT,
             RL,
         ),
         outs=(EVAL.format(policy="{method}_s{seed}"),),
-        params=("evaluate",),
+        params=("evaluate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
         over_rl_runs=True,
     ),
     Stage(
         "report",
         "sumrl report",
-        deps=(f"{CODE}/report", "reports/eval", "reports/generations", CURVES, "reports/reward_eval.json",
-              "reports/consolidate"),
-        outs=("reports/report.md",),
+        deps=(f"{CODE}/report", f"{CODE}/evaluate/metrics.py", "reports/eval", "reports/generations", CURVES,
+              "reports/reward_eval.json", "reports/consolidate", PAIRS),
+        outs=("reports/report.md", "reports/index.html"),
         params=("report", "rl.methods", "rl.seeds"),
         metrics=("reports/metrics.json",),
         plots=("reports/plots",),
@@ -232,12 +246,13 @@ def dvc_yaml() -> str:
     stages = {}
     for stage in STAGES:
         entry: dict = {}
+        wrapper: dict = {}
         if stage.over_rl_runs:
             entry["matrix"] = {"method": "${rl.methods}", "seed": "${rl.seeds}"}
         elif "policies" in stage.extra:
-            entry["foreach"] = {p: {"name": p, "dir": policy_dir(p)} for p in stage.extra["policies"]}
+            wrapper["foreach"] = {p: {"name": p, "dir": policy_dir(p)} for p in stage.extra["policies"]}
         elif "trained" in stage.extra:
-            entry["foreach"] = list(stage.extra["trained"])
+            wrapper["foreach"] = list(stage.extra["trained"])
         entry["cmd"] = _dvc_template(stage.cmd)
         entry["deps"] = [_dvc_template(d) for d in stage.deps]
         entry["params"] = list(stage.params)
@@ -249,6 +264,7 @@ def dvc_yaml() -> str:
         csv_plots = [_dvc_template(p) for p in stage.plots if p.endswith(".csv")]
         if csv_plots:
             entry["plots"] = [{p: {"cache": False, "x": "step"}} for p in csv_plots]
-        stages[stage.name] = entry
+        # DVC 3: `matrix` sits beside cmd/deps/outs, but a `foreach` body must go under `do`.
+        stages[stage.name] = {**wrapper, "do": entry} if wrapper else entry
     header = "# Generated from src/sumrl/stages.py by `sumrl stages --write-dvc`; do not edit by hand.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
+from sumrl import stages
 from sumrl.artifacts import atomic_path, write_json
 from sumrl.models.load import DTYPES, save_model
 
@@ -61,7 +62,7 @@ def materialize_base(spec: str, out_dir: str | Path, dtype: str = "float32", tru
         tok.pad_token = tok.eos_token
     info = {
         "source": spec,
-        "architecture": model.config.architectures,
+        "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": model.config.vocab_size,
         "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
@@ -71,3 +72,10 @@ def materialize_base(spec: str, out_dir: str | Path, dtype: str = "float32", tru
         save_model(model, tok, tmp)
         write_json(tmp / "sumrl_base.json", info)
     return info
+
+
+def run(params: dict, args=None) -> None:
+    """`sumrl base-model`: models/base from `model.base`."""
+    m = params["model"]
+    info = materialize_base(m["base"], stages.BASE, m["dtype"], params["compute"]["trust_remote_code"])
+    print(f"{stages.BASE}: {info['parameters']:,} parameters from {info['source']}")

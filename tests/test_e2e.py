@@ -1,0 +1,71 @@
+"""The whole DAG with Snakemake on the tiny model, then: what one changed rl param reruns.
+
+Runs in a scratch folder holding the Snakefile, workflow/, a copy of src/ (the code inputs; a copy so
+that edits in the checkout during the run do not change what the dry runs plan) and a params.yaml
+with the tiny model and budgets of tests/conftest.py. About 5 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_OVERRIDES
+from frontends import SNAKEMAKE, run, scratch_workflow, snakemake_job_name, snakemake_plan
+
+from sumrl import stages
+from sumrl.params import load_params
+
+pytestmark = pytest.mark.slow
+# The tiny model's 512-token vocabulary cuts ACLSum text into about twice as many tokens as SmolLM2's:
+# with TINY_OVERRIDES' lengths alone, prepare_data drops every row (as tests/test_data.py also notes).
+TINY_TOKENIZER_LIMITS = ["data.max_document_tokens=512", "data.max_summary_tokens=256"]
+
+
+def strings_in(tree) -> set[str]:
+    """Every key and string value of a JSON document."""
+    if isinstance(tree, dict):
+        return set(tree) | {s for value in tree.values() for s in strings_in(value)}
+    if isinstance(tree, list):
+        return {s for value in tree for s in strings_in(value)}
+    return {tree} if isinstance(tree, str) else set()
+
+
+def planned(workdir) -> set[str]:
+    return {
+        snakemake_job_name(job["rule"], job["wildcards"])
+        for job in snakemake_plan(workdir, forceall=False)
+        if job["needrun"] and job["rule"] != "all"
+    }
+
+
+def test_whole_dag_then_rl_param_change_reruns_only_rl_and_downstream(tmp_path, tiny_model_dir):
+    overrides = [f"model.base={tiny_model_dir}", *TINY_OVERRIDES, *TINY_TOKENIZER_LIMITS]
+    tiny_params = load_params(ROOT / "params.yaml", overrides=overrides)
+    stubbed = scratch_workflow(tmp_path, params_text=yaml.safe_dump(tiny_params, sort_keys=False))
+    assert not stubbed, f"stage code not written yet: {stubbed}"
+
+    proc = run([SNAKEMAKE, "--profile", "workflow/profiles/local", "--cores", "2"], cwd=tmp_path, timeout=3600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+
+    report = (tmp_path / "reports" / "report.md").read_text()
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    for policy in stages.policies(tiny_params):
+        assert policy in report, f"{policy} missing from reports/report.md"
+        assert policy in strings_in(metrics), f"{policy} missing from reports/metrics.json"
+
+    assert planned(tmp_path) == set(), "a finished workflow plans jobs again"
+
+    params = dict(tiny_params, rl={**tiny_params["rl"], "kl_coef": tiny_params["rl"]["kl_coef"] * 2})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    expected = {job.name for job in stages.expand(params)
+                if job.name.startswith(("rl@", "generate_rl@", "evaluate_rl@")) or job.name == "report"}
+    assert planned(tmp_path) == expected
+
+    # Whatever a stage writes must be one of its declared outputs, or neither front end tracks it.
+    declared = {o for job in stages.expand(params) for o in (*job.outs, *job.metrics, *job.plots)}
+    written = {str(f.relative_to(tmp_path)) for top in ("data", "models", "reports")
+               for f in (tmp_path / top).rglob("*") if f.is_file() and f.name != ".snakemake_timestamp"}
+    undeclared = {f for f in written if not any(f == o or f.startswith(o + "/") for o in declared)}
+    assert not undeclared, f"written by a stage but not in the stage table: {sorted(undeclared)}"

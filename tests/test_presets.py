@@ -1,0 +1,98 @@
+"""presets/*.yaml: each one is valid over params.yaml, plans with Snakemake, and holds only changes.
+
+Presets may point at data the user supplies (korean-dialogue-rloo) or at the hub (tldr-*). The rule:
+schema and cross-key checks always run; files are checked by `sumrl validate`, by every stage, and
+by Snakemake when a real run starts, but not by a dry run, so every preset plans here.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from frontends import ROOT, SNAKEMAKE, job_stats, run, scratch_workflow, stage_counts
+
+from sumrl.params import deep_merge, load_params, read_yaml
+
+PRESETS = sorted(p.name for p in (ROOT / "presets").glob("*.yaml"))
+EXPECTED = {
+    "cpu-demo.yaml",
+    "dialogsum.yaml",
+    "tldr-gptneo-ppo.yaml",
+    "tldr-gptj-ppo.yaml",
+    "korean-dialogue-rloo.yaml",
+    "helpsteer2-reinforce.yaml",
+    "helpsteer2-reinforce-probabilistic.yaml",
+}
+
+
+def leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def lookup(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_the_expected_presets_exist():
+    assert set(PRESETS) == EXPECTED
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_is_valid(preset):
+    load_params(ROOT / "params.yaml", ROOT / "presets" / preset, check_files=False)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_holds_only_changes_and_a_header(preset):
+    path = ROOT / "presets" / preset
+    assert path.read_text().startswith("# Preset: "), "start with a header: seed project, hardware, use"
+    base = read_yaml(ROOT / "params.yaml")
+    same = [key for key, value in leaves(read_yaml(path)) if lookup(base, key) == value]
+    assert not same, f"{preset} repeats params.yaml's values for {same}"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_snakemake_dry_run(preset, tmp_path):
+    scratch_workflow(tmp_path)
+    proc = run([SNAKEMAKE, "-n", "--configfile", "params.yaml", f"presets/{preset}"], cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    params = deep_merge(read_yaml(ROOT / "params.yaml"), read_yaml(ROOT / "presets" / preset))
+    assert job_stats(out) == stage_counts(params)
+
+
+def test_cpu_demo_is_params_yaml():
+    assert read_yaml(ROOT / "presets" / "cpu-demo.yaml") == {}
+
+
+def test_dialogsum_validates_with_its_files(shared_data):
+    proc = run([sys.executable, "-m", "sumrl.cli", "validate", "--preset", "presets/dialogsum.yaml"], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_user_data_preset_fails_clearly_until_the_data_is_there(tmp_path):
+    """korean-dialogue-rloo: a dry run plans; `sumrl validate` and a real run name the missing path."""
+    scratch_workflow(tmp_path)
+    preset = "presets/korean-dialogue-rloo.yaml"
+    missing = read_yaml(ROOT / preset)["data"]["path"]
+
+    cli = run([sys.executable, "-m", "sumrl.cli", "validate", "--preset", preset], cwd=tmp_path)
+    assert cli.returncode == 2
+    assert f"data.path: file or folder not found: {missing}" in cli.stderr
+
+    real = run([SNAKEMAKE, "--cores", "1", "--configfile", preset], cwd=tmp_path)
+    assert real.returncode != 0
+    assert f"data.path: file or folder not found: {missing}" in real.stdout + real.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "logs").exists(), "a job ran"
+
+    (tmp_path / missing).mkdir(parents=True)
+    (tmp_path / missing / "train.jsonl").write_text('{"id": "1", "dialogue": "A: hi", "summary": "greeting"}\n')
+    cli = run([sys.executable, "-m", "sumrl.cli", "validate", "--preset", preset], cwd=tmp_path)
+    assert cli.returncode == 0, cli.stderr

@@ -1,0 +1,142 @@
+# Shared set-up for every rule: which params files are in force, validation, and small helpers.
+#
+# The rules run `sumrl <stage>` commands, and those commands read params.yaml themselves (plus the
+# preset named by SUMRL_PRESET). So Snakemake's `config` and what the commands see must be the same
+# files: params.yaml, and at most one preset merged over it, given either as
+#     snakemake --configfile presets/X.yaml        (or: --configfile params.yaml presets/X.yaml)
+# or as SUMRL_PRESET=presets/X.yaml in the environment. `--config KEY=VALUE` is refused: the
+# commands would not see it. Put the change in a preset file instead.
+
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from sumrl.params import ParamsError, deep_merge, read_yaml, validate_params
+from sumrl import stages
+from sumrl.stages import policy_dir
+
+PARAMS_FILE = "params.yaml"
+
+
+def _relative(path):
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _preset_files():
+    """The config files given besides params.yaml (command line first, else SUMRL_PRESET)."""
+    params_file = Path(PARAMS_FILE).resolve()
+    given = [
+        Path(f)
+        for f in workflow.config_settings.configfiles
+        if Path(f).resolve() != params_file
+    ]
+    from_env = os.environ.get("SUMRL_PRESET")
+    if from_env and given and Path(from_env).resolve() != given[0].resolve():
+        raise WorkflowError(
+            f"SUMRL_PRESET={from_env} but --configfile names {_relative(given[0])}; "
+            "give the preset one way only"
+        )
+    if from_env and not given:
+        given = [Path(from_env)]
+    return given
+
+
+def _load_config():
+    """Merge the preset into `config` (if it came from the environment) and validate it."""
+    if workflow.config_settings.config:
+        keys = ", ".join(sorted(workflow.config_settings.config))
+        raise WorkflowError(
+            f"--config {keys}: the sumrl commands read params.yaml and SUMRL_PRESET, not "
+            "Snakemake's --config; put the change in a preset (--configfile presets/X.yaml)"
+        )
+    presets = _preset_files()
+    if len(presets) > 1:
+        names = ", ".join(_relative(p) for p in presets)
+        raise WorkflowError(f"at most one preset over params.yaml, got: {names}")
+    source = PARAMS_FILE
+    try:
+        if presets:
+            preset = presets[0]
+            source += f" + {_relative(preset)}"
+            # Snakemake merged a --configfile already; a preset from SUMRL_PRESET is merged here.
+            config.update(deep_merge(config, read_yaml(preset)))
+            os.environ.update(SUMRL_PRESET=str(preset.absolute()))
+        else:
+            os.environ.pop("SUMRL_PRESET", None)
+        # Schema and cross-key rules now, so that bad params fail before any job is planned.
+        # Files the params point at are checked when a real run starts (onstart in the Snakefile):
+        # a dry run of a preset whose data the user has not supplied yet still plans the DAG.
+        validate_params(config, source=source, check_files=False)
+    except ParamsError as exc:
+        raise WorkflowError(f"sumrl: invalid params: {exc}") from None
+    return source
+
+
+PARAMS_SOURCE = _load_config()
+
+
+def check_files():
+    """The file checks of `sumrl validate`; called when a real run starts, before any job runs."""
+    try:
+        validate_params(config, source=PARAMS_SOURCE, check_files=True)
+    except ParamsError as exc:
+        raise WorkflowError(f"sumrl: invalid params: {exc}") from None
+
+
+# The `sumrl` commands come from the environment that runs Snakemake (e.g. .venv/bin).
+os.environ.update(
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
+
+METHODS = config["rl"]["methods"]
+SEEDS = config["rl"]["seeds"]
+RL_POLICIES = expand("{method}_s{seed}", method=METHODS, seed=SEEDS)
+POLICIES = ["base", "sft", *RL_POLICIES]
+THREADS = config["compute"]["threads"]
+# One GPU per model-running job unless the params pin the CPU (`gpu` is the resource that the
+# slurm executor plugin turns into --gpus; locally it is not limited unless --resources gpu=N).
+GPU = 0 if config["compute"]["device"] == "cpu" else 1
+
+
+wildcard_constraints:
+    method="reinforce|rloo|ppo",
+    seed=r"\d+",
+    policy="base|sft",
+    stage="sft|reward",
+
+
+def code(path):
+    """A code input of the stage table: a file, or every file of a package folder.
+
+    Snakemake compares file times, and a folder's own time does not change when a file in it is
+    edited, so a folder is expanded to its files (bytecode caches left out). A missing path stays
+    as it is, so that Snakemake reports it as a missing input.
+    """
+    p = Path(path)
+    if not p.is_dir():
+        return [path]
+    return sorted(
+        str(f)
+        for f in p.rglob("*")
+        if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+    )
+
+
+# Code every model-running stage imports, and what the trl-based training stages add (the stage table's lists).
+SHARED_CODE = list(stages.SHARED_CODE)
+TRAIN_CODE = list(stages.TRAIN_CODE)
+
+
+def mem_mb(base):
+    """Memory in MB for a job: `base`, doubled on each retry (--retries)."""
+    return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+def policy_model(wildcards):
+    return policy_dir(wildcards.policy)

@@ -1,0 +1,116 @@
+# Generation on the test split and evaluation (ROUGE, reward, KL to SFT, length, EOS rate) for every
+# policy: base and sft (wildcard `policy`), and each RL run (wildcards `method`, `seed`).
+
+
+rule generate:
+    input:
+        code("src/sumrl/evaluate/generate.py"),
+        SHARED_CODE,
+        "data/prepared",
+        policy_model,
+    output:
+        "reports/generations/{policy}.jsonl",
+    log:
+        "logs/generate/{policy}.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+        gpu=GPU,
+    params:
+        seed=config["seed"],
+        generate=config["generate"],
+        prompt=config["prompt"],
+        data_max_document_tokens=config["data"]["max_document_tokens"],
+        model_dtype=config["model"]["dtype"],
+        compute=config["compute"],
+    shell:
+        "sumrl generate --policy {wildcards.policy} > {log} 2>&1"
+
+
+rule generate_rl:
+    input:
+        code("src/sumrl/evaluate/generate.py"),
+        SHARED_CODE,
+        "data/prepared",
+        "models/rl/{method}_s{seed}",
+    output:
+        "reports/generations/{method}_s{seed}.jsonl",
+    log:
+        "logs/generate/{method}_s{seed}.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+        gpu=GPU,
+    params:
+        seed=config["seed"],
+        generate=config["generate"],
+        prompt=config["prompt"],
+        data_max_document_tokens=config["data"]["max_document_tokens"],
+        model_dtype=config["model"]["dtype"],
+        compute=config["compute"],
+    shell:
+        "sumrl generate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        code("src/sumrl/evaluate/metrics.py"),
+        SHARED_CODE,
+        "reports/generations/{policy}.jsonl",
+        "models/reward",
+        "models/sft",
+        policy_model,
+    output:
+        "reports/eval/{policy}.json",
+    log:
+        "logs/evaluate/{policy}.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+        gpu=GPU,
+    params:
+        evaluate=config["evaluate"],
+        prompt=config["prompt"],
+        data_max_document_tokens=config["data"]["max_document_tokens"],
+        model_dtype=config["model"]["dtype"],
+        compute=config["compute"],
+    shell:
+        "sumrl evaluate --policy {wildcards.policy} > {log} 2>&1"
+
+
+rule evaluate_rl:
+    input:
+        code("src/sumrl/evaluate/metrics.py"),
+        SHARED_CODE,
+        "reports/generations/{method}_s{seed}.jsonl",
+        "models/reward",
+        "models/sft",
+        "models/rl/{method}_s{seed}",
+    output:
+        "reports/eval/{method}_s{seed}.json",
+    log:
+        "logs/evaluate/{method}_s{seed}.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+        gpu=GPU,
+    params:
+        evaluate=config["evaluate"],
+        prompt=config["prompt"],
+        data_max_document_tokens=config["data"]["max_document_tokens"],
+        model_dtype=config["model"]["dtype"],
+        compute=config["compute"],
+    shell:
+        "sumrl evaluate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
