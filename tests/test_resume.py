@@ -1,0 +1,99 @@
+"""Fault injection: SIGKILL a training stage mid-run, rerun it, and check it resumed and finished.
+
+Each stage runs as a real `sumrl` process in a scratch project folder on the tiny model; the kill comes
+once a checkpoint exists. A killed stage must leave no output folder (atomic outputs), and the rerun must
+start from the last checkpoint, not from step 0.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, TINY_OVERRIDES
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from sumrl.params import load_params
+
+SUMRL = [sys.executable, "-m", "sumrl.cli"]
+pytestmark = pytest.mark.slow
+
+
+def _project(tmp_path: Path, tiny_model_dir: Path, *overrides: str) -> Path:
+    params = load_params(ROOT / "params.yaml", overrides=[f"model.base={tiny_model_dir}", *TINY_OVERRIDES, *overrides])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base")
+    return tmp_path
+
+
+def _sumrl(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*SUMRL, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def _kill_when(cwd: Path, args: list[str], ready, timeout: float = 600) -> None:
+    """Start `sumrl args`, SIGKILL it as soon as `ready()` holds; fail if it finished first."""
+    proc = subprocess.Popen([*SUMRL, *args], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"sumrl {' '.join(args)} finished (rc {proc.returncode}) before the kill")
+        if time.time() > deadline:
+            proc.kill()
+            pytest.fail("no checkpoint appeared in time")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_sft_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_dir):
+    cwd = _project(tmp_path, tiny_model_dir, "sft.epochs=3", "sft.checkpoint_every=3")
+    assert _sumrl(cwd, "prepare-data").returncode == 0
+    work = cwd / "checkpoints" / "sft"
+    _kill_when(cwd, ["sft"], lambda: (work / "checkpoint-3" / "trainer_state.json").is_file())
+    assert not (cwd / "models" / "sft_run").exists(), "a killed stage left its output folder"
+
+    rerun = _sumrl(cwd, "sft")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    resumed = [line for line in rerun.stderr.splitlines() if "resuming sft from" in line]
+    assert resumed and "checkpoint-" in resumed[0], rerun.stderr[-3000:]
+    start = int(resumed[0].rsplit("checkpoint-", 1)[1])
+    assert start >= 3
+    run = json.loads((cwd / "models" / "sft_run" / "sumrl_run.json").read_text())
+    steps = [int(r["step"]) for r in csv.DictReader(open(cwd / "reports" / "curves" / "sft.csv"))]
+    assert steps == list(range(1, run["steps"] + 1)), "the curve must hold every step once"
+
+
+def test_rl_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_dir):
+    cwd = _project(tmp_path, tiny_model_dir, "rl.total_episodes=24", "rl.checkpoint_every=1")
+    assert _sumrl(cwd, "prepare-data").returncode == 0
+    shutil.copytree(tiny_model_dir, cwd / "models" / "sft")
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
+    rm.config.pad_token_id = 0
+    rm.save_pretrained(cwd / "models" / "reward")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(cwd / "models" / "reward")
+    (cwd / "models" / "reward" / "sumrl_reward.json").write_text(json.dumps({"kind": "scalar", "num_scores": 1}))
+
+    state = cwd / "checkpoints" / "rl" / "rloo_s0" / "state.json"
+    _kill_when(cwd, ["rl", "--method", "rloo", "--seed", "0"],
+               lambda: state.is_file() and json.loads(state.read_text())["step"] >= 2)
+    assert not (cwd / "models" / "rl" / "rloo_s0").exists()
+    killed_at = json.loads(state.read_text())["step"]
+
+    rerun = _sumrl(cwd, "rl", "--method", "rloo", "--seed", "0")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    summary = json.loads((cwd / "models" / "rl" / "rloo_s0" / "sumrl_rl.json").read_text())
+    assert summary["resumed_from"] == killed_at
+    assert summary["steps"] == 6
+    steps = [int(r["step"]) for r in csv.DictReader(open(cwd / "reports" / "curves" / "rl_rloo_s0.csv"))]
+    assert steps == list(range(1, 7))
