@@ -63,6 +63,7 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -
 
     from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
     from sumrl.params import load_params
+    from sumrl.data.prompts import PromptFormat
     from sumrl.rl.core import add_lora, rollout
     from sumrl.rl.loop import update
     from sumrl.rl.methods import build_method
@@ -85,7 +86,7 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        batch, _, _ = rollout(policy, tok, rm, rm_tok, meta["kind"], prompts, rl)
+        batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, rm_tok, meta["kind"], prompts, rl)
         adv, extra = method.advantages(batch)
         update(policy, None, opt, trainable, method, batch, adv, extra, rl)
         if step >= warmup:

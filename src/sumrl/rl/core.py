@@ -7,11 +7,10 @@ the SFT adapter was merged into the SFT weights by `consolidate` before RL start
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from peft import LoraConfig, get_peft_model
 
+from sumrl.data.prompts import PromptFormat
 from sumrl.generation import Completions, generate
 from sumrl.models.scoring import score_texts, token_logprobs
 from sumrl.rl.advantages import penalized_scores
@@ -55,9 +54,15 @@ def forward_completion(policy, input_ids, attention_mask, completion_len: int, t
 
 
 @torch.no_grad()
-def rollout(policy, tokenizer, reward_model, rm_tokenizer, rm_kind: str, prompts: list[str], cfg: dict,
+def rollout(policy, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str, prompts: list[str], cfg: dict,
             value_head: ValueHead | None = None) -> tuple[Rollout, Completions, dict]:
-    """Sample, then score: pi_old and pi_ref log-probs, values (PPO), RM scores with the EOS penalty."""
+    """Sample, then score: pi_old and pi_ref log-probs, values (PPO), RM scores with the EOS penalty.
+
+    The RM scores every completion closed by EOS (`fmt.completion`), as it was trained and as `evaluate`
+    scores it: a cut-off completion is not shown to the RM in a shape it never saw; it pays the
+    missing-EOS penalty instead.
+    """
+    tokenizer = fmt.tokenizer
     policy.eval()
     comp = generate(policy, tokenizer, prompts, cfg["max_new_tokens"], do_sample=True,
                     temperature=cfg["temperature"])
@@ -65,7 +70,7 @@ def rollout(policy, tokenizer, reward_model, rm_tokenizer, rm_kind: str, prompts
     logp, values, entropy = forward_completion(policy, ids, attn, T, cfg["temperature"], value_head, with_entropy=True)
     with policy.disable_adapter():
         ref_logp, _, _ = forward_completion(policy, ids, attn, T, cfg["temperature"])
-    texts = [p + t + (tokenizer.eos_token if eos else "") for p, t, eos in zip(prompts, comp.texts, comp.has_eos)]
+    texts = [p + fmt.completion(t) for p, t in zip(prompts, comp.texts)]
     raw_scores, sigma = score_texts(reward_model, rm_tokenizer, texts, rm_kind, batch_size=len(texts))
     scores = penalized_scores(raw_scores, comp.has_eos, cfg["missing_eos_penalty"])
     mask = comp.completion_mask.float()
@@ -79,6 +84,3 @@ def rollout(policy, tokenizer, reward_model, rm_tokenizer, rm_kind: str, prompts
     }
     return batch, comp, stats
 
-
-def autocast_context(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

@@ -82,7 +82,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         # Sampling draws from torch's RNG: reseed per step so a resumed run samples what it would have.
         runtime.seed_everything(seed * 100_003 + step)
         batch_prompts = [p for p in _prompts_for_step(prompts, step, prompts_per_step, seed) for _ in range(k)]
-        batch, _, stats = rollout(policy, tokenizer, reward_model, rm_tokenizer, rm_meta["kind"], batch_prompts,
+        batch, _, stats = rollout(policy, fmt, reward_model, rm_tokenizer, rm_meta["kind"], batch_prompts,
                                   cfg, value_head)
         adv, extra = method.advantages(batch)
         seq_kl = F.sequence_kl(batch.logp, batch.ref_logp, batch.mask)
