@@ -34,6 +34,8 @@ TINY_OVERRIDES = [
     "rl.checkpoint_every=1",
     "generate.max_new_tokens=12",
     "compute.threads=2",
+    # fp32 on the tiny model: the consolidation and resume checks are exact (the bf16 default runs in `make run`)
+    "model.dtype=float32",
 ]
 
 
