@@ -25,6 +25,14 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     return tok
 
 
+def lora_config(lora: dict, task_type: str):
+    """The peft LoRA config of a params `lora:` block (sft, reward and rl each have one)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=list(lora["target_modules"]), task_type=task_type)
+
+
 def use_distinct_pad(tokenizer) -> None:
     """Reward models pad with a token other than EOS when the vocabulary has one.
 

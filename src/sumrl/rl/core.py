@@ -8,19 +8,18 @@ the SFT adapter was merged into the SFT weights by `consolidate` before RL start
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 
 from sumrl.data.prompts import PromptFormat
 from sumrl.generation import Completions, generate
+from sumrl.models.load import lora_config
 from sumrl.models.scoring import score_texts, token_logprobs
 from sumrl.rl.advantages import penalized_scores
 from sumrl.rl.methods import Rollout
 
 
 def add_lora(model, lora: dict):
-    config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                        target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    return get_peft_model(model, lora_config(lora, "CAUSAL_LM"))
 
 
 class ValueHead(torch.nn.Module):

@@ -9,18 +9,12 @@ import logging
 import shutil
 from pathlib import Path
 
-from peft import LoraConfig
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from sumrl.artifacts import CurveLogger, atomic_path, write_json
 
 log = logging.getLogger("sumrl.train")
-
-
-def lora_config(lora: dict, task_type: str) -> LoraConfig:
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=list(lora["target_modules"]), task_type=task_type)
 
 
 def trainer_args(section: dict, params: dict, output_dir: Path) -> dict:

@@ -20,9 +20,9 @@ from trl import RewardConfig, RewardTrainer
 from sumrl import runtime, stages
 from sumrl.artifacts import read_json, read_jsonl, write_json
 from sumrl.data.prompts import PromptFormat
-from sumrl.models.load import DTYPES, load_tokenizer, use_distinct_pad
+from sumrl.models.load import DTYPES, load_tokenizer, lora_config, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
-from sumrl.train.common import CurveCallback, checkpoint_dir, lora_config, trainer_args, write_run
+from sumrl.train.common import CurveCallback, checkpoint_dir, trainer_args, write_run
 
 
 class ProbabilisticRewardTrainer(RewardTrainer):

@@ -14,8 +14,8 @@ from trl import SFTConfig, SFTTrainer
 from sumrl import runtime, stages
 from sumrl.artifacts import read_jsonl
 from sumrl.data.prompts import PromptFormat
-from sumrl.models.load import load_policy, load_tokenizer
-from sumrl.train.common import CurveCallback, checkpoint_dir, lora_config, trainer_args, write_run
+from sumrl.models.load import load_policy, load_tokenizer, lora_config
+from sumrl.train.common import CurveCallback, checkpoint_dir, trainer_args, write_run
 
 
 def sft_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
