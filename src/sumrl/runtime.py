@@ -46,17 +46,3 @@ def redirect_caches(root: str | os.PathLike) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, str(value))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def rng_state() -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])

@@ -152,7 +152,8 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "evaluate",
         "sumrl evaluate --policy {policy}",
-        deps=(f"{CODE}/evaluate/metrics.py", *SHARED_CODE, GENERATIONS, REWARD, SFT, "{policy_dir}"),
+        deps=(f"{CODE}/evaluate/metrics.py", f"{CODE}/rl/advantages.py", *SHARED_CODE, GENERATIONS, REWARD, SFT,
+              "{policy_dir}"),
         outs=(EVAL,),
         params=("evaluate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
         extra={"policies": tuple(FIXED_POLICIES)},
@@ -162,6 +163,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl evaluate --policy {method}_s{seed}",
         deps=(
             f"{CODE}/evaluate/metrics.py",
+            f"{CODE}/rl/advantages.py",
             *SHARED_CODE,
             GENERATIONS.format(policy="{method}_s{seed}"),
             REWARD,

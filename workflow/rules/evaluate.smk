@@ -61,6 +61,7 @@ rule generate_rl:
 rule evaluate:
     input:
         code("src/sumrl/evaluate/metrics.py"),
+        "src/sumrl/rl/advantages.py",
         SHARED_CODE,
         "reports/generations/{policy}.jsonl",
         "models/reward",
@@ -90,6 +91,7 @@ rule evaluate:
 rule evaluate_rl:
     input:
         code("src/sumrl/evaluate/metrics.py"),
+        "src/sumrl/rl/advantages.py",
         SHARED_CODE,
         "reports/generations/{method}_s{seed}.jsonl",
         "models/reward",

@@ -21,6 +21,7 @@ from sumrl.data.prompts import PromptFormat
 from sumrl.evaluate.generate import max_prompt_tokens
 from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
 from sumrl.models.scoring import completion_logprobs, score_texts
+from sumrl.rl.advantages import sequence_kl  # the same estimate the RL loop uses (one place)
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,6 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float | None]:
     return mean(values), None if std is None else std / math.sqrt(len(values))
 
 
-def sequence_kl(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sequence sum_t [log pi(y_t) - log pi_ref(y_t)] over unmasked tokens: [B, T] x 2, [B, T] -> [B].
-
-    On samples from pi this is a single-sample estimate of KL(pi || pi_ref) for the whole completion.
-    """
-    return ((logp.float() - ref_logp.float()) * mask.float()).sum(-1)
 
 
 def eos_rate(has_eos: Sequence[bool]) -> float:

@@ -66,22 +66,17 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,
-                        temperature: float = 1.0, return_hidden: bool = False):
+                        temperature: float = 1.0) -> torch.Tensor:
     """Per-token log pi(y_t | x, y_<t) for the last `completion_len` positions, in fp32.
 
     Only completion positions get logits (`logits_to_keep`): the prompt's vocabulary projection is
-    never computed. Returns [B, T] (and the matching last hidden states [B, T, H] if asked, for a value head).
+    never computed. Returns [B, T].
     """
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         logits_to_keep=completion_len + 1,
-        output_hidden_states=return_hidden,
         use_cache=False,
     )
     logits = out.logits[:, :-1].float() / temperature  # position t predicts token t+1
-    logp = token_logprobs(logits, input_ids[:, -completion_len:])
-    if return_hidden:
-        hidden = out.hidden_states[-1][:, -completion_len - 1:-1]
-        return logp, hidden
-    return logp
+    return token_logprobs(logits, input_ids[:, -completion_len:])
