@@ -8,6 +8,7 @@ The runs are trained once per session by tests/test_deepspeed.py; tests that bre
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from sumrl.artifacts import read_json
 from sumrl.models.load import load_reward_model
 from sumrl.scale import consolidate as cons
 from sumrl.scale.consolidate import ConsolidationError, consolidate
+from sumrl.scale.deepspeed import weights_only_torch_load
 from test_deepspeed import RUNS, STEPS, tiny_runs, two_rank_run  # noqa: F401  (session fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,10 +54,10 @@ def test_every_kind_of_run_consolidates_and_verifies(tiny_runs, tmp_path, name):
     assert report["param_count"] == report["param_count_in_memory"]
     # The same tensors were saved, reloaded and rebuilt from the checkpoint: exact, not merely close.
     assert report["max_weight_diff"] == report["max_source_diff"] == report["max_reload_logit_diff"] == 0.0
-    assert report["max_logit_diff"] <= report["logit_tolerance"] == cons.TOLERANCE
+    assert report["max_logit_diff"] <= report["tolerance"] == cons.TOLERANCE
     if lora:
         # The check is not vacuous: the adapter moves the logits far more than the tolerance.
-        assert report["adapter_effect"] > 1000 * report["logit_tolerance"]
+        assert report["adapter_effect"] > 1000 * report["tolerance"]
     assert not (out / "adapter_config.json").exists()
     assert (out / "tokenizer.json").is_file() and (out / "model.safetensors").is_file()
 
@@ -127,6 +129,31 @@ def test_missing_partition_of_the_second_rank_is_named(two_rank_run, tmp_path):
     assert_fails_without_output(run, tmp_path / "out", "sft", r"missing ZeRO shard \(rank 1 of 2\)")
 
 
+class Payload:
+    """What a tampered checkpoint could pickle: unpickling it would run os.mkdir(marker)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("name, shard", [
+    ("sft_zero2_full", "mp_rank_00_model_states.pt"),
+    ("sft_zero3_lora", "zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+])
+def test_shard_that_pickles_code_is_refused_without_running_it(tiny_runs, tmp_path, name, shard):
+    run = copy_run(tiny_runs, name, tmp_path)
+    path = run / TAG / shard
+    with weights_only_torch_load():
+        state = torch.load(str(path), map_location="cpu")
+    marker = tmp_path / "code-ran"
+    torch.save({**state, "extra": Payload(marker)}, str(path))
+    assert_fails_without_output(run, tmp_path / "out", RUNS[name][0], f"{path}: ZeRO shard holds Python objects")
+    assert not marker.exists()
+
+
 def test_missing_latest_tag_is_named(tiny_runs, tmp_path):
     run = copy_run(tiny_runs, "sft_zero2_lora", tmp_path)
     (run / f"checkpoint-{STEPS}" / "latest").unlink()
@@ -164,7 +191,7 @@ def test_a_bad_save_is_caught_by_reloading(tiny_runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cons, "save_consolidated", save_then_damage)
     error = assert_fails_without_output(tiny_runs["sft_zero3_lora"], tmp_path / "out", "sft", "max_weight_diff")
-    assert error.report["max_logit_diff"] > error.report["logit_tolerance"]
+    assert error.report["max_logit_diff"] > error.report["tolerance"]
 
 
 def test_wrong_stage_is_refused(tiny_runs, tmp_path):

@@ -9,16 +9,26 @@ an 8-GPU node alike.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from sumrl.params import ParamsError
 
 LAUNCH_DIR = Path("workflow") / "launch"
 # Beside the package source in a checkout (src/sumrl/scale/ -> repo root): tests and scripts may run elsewhere.
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
+# The Python objects DeepSpeed pickles into ZeRO-2/3 checkpoints besides tensors and builtins (found with
+# torch.serialization.get_unsafe_globals_in_checkpoint on full and LoRA runs of both stages).
+ZERO_CHECKPOINT_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
 
 
 def launch_dir() -> Path:
@@ -84,3 +94,29 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def weights_only_torch_load():
+    """Every torch.load in the block runs with weights_only=True, allowing only ZERO_CHECKPOINT_GLOBALS.
+
+    DeepSpeed reads its own checkpoints with weights_only=False (zero_to_fp32, engine.load_checkpoint on
+    resume), which would run any code a tampered checkpoint pickled; under this block such a file fails to
+    load instead, with torch's error naming the global it refused.
+    """
+    import torch
+
+    allowed = [_resolve(name) for name in ZERO_CHECKPOINT_GLOBALS]
+    load = torch.load
+
+    def safe_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return load(*args, **kwargs)
+
+    with torch.serialization.safe_globals(allowed), mock.patch.object(torch, "load", safe_load):
+        yield
+
+
+def _resolve(dotted: str):
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
