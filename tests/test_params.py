@@ -59,6 +59,13 @@ CASES = {
         preset="rl: {variance_regularized: true}\n",
         expect=("rl.variance_regularized: needs rl.reward_model 'probabilistic'",),
     ),
+    # The environment is checked by `sumrl validate` and when a real run starts (not by a dry run): an
+    # openai judge whose URL variable is unset fails before hours of training, not at the judge stage.
+    "judge-url-unset": Case(
+        preset="judge: {enabled: true, backend: openai, model: m, url_env: SUMRL_TEST_UNSET_URL}\n",
+        expect=("judge.url_env: environment variable SUMRL_TEST_UNSET_URL is not set",),
+        dry_run=False,
+    ),
     "missing-required-key": Case(
         params=PARAMS.replace("  kl_coef: 0.05\n", ""), expect=("rl: 'kl_coef' is a required property",)
     ),

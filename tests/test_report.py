@@ -10,6 +10,7 @@ import pytest
 
 from sumrl import stages
 from sumrl.artifacts import DataError, CurveLogger, read_json, write_json, write_jsonl
+from sumrl.evaluate import judge
 from sumrl.evaluate.metrics import aggregate
 from sumrl.params import load_params
 from sumrl.report import run as report_run
@@ -219,3 +220,40 @@ def test_missing_eval_file_is_an_error_naming_it(workspace):
     with pytest.raises(DataError, match=r"reports/eval/ppo_s1.json.*sumrl evaluate --policy ppo_s1"):
         report_run(workspace)
     assert not Path("reports/report.md").exists()
+
+
+# ---- the LLM judge section -------------------------------------------------------------------------
+
+def write_judge_file(params: dict) -> None:
+    """reports/judge.json as `sumrl judge` writes it, from its own result functions on chosen replies: every
+    policy wins its first pair in both orders, its second pair has an unparseable reply; one G-Eval reply of 7/10
+    and one invalid per name."""
+    names = stages.policies(params)
+    q = lambda text: judge.Query(text, 4)  # noqa: E731
+    pairs = {p: [(q(f"{p}0A"), q(f"{p}0B")), (q(f"{p}1A"), q(f"{p}1B"))] for p in names}
+    scores = {p: [[q(f"{p}s0")], [q(f"{p}s1")]] for p in [*names, "reference"]}
+    replies = {**{q(f"{p}0A"): "A" for p in names}, **{q(f"{p}0B"): "Summary B is better" for p in names},
+               **{q(f"{p}1A"): "A" for p in names}, **{q(f"{p}1B"): "hmm" for p in names},
+               **{s[0][0]: "Score: 7/10" for s in scores.values()}, **{s[1][0]: "no idea" for s in scores.values()}}
+    write_json(stages.JUDGE, {"enabled": True, "judge": {"backend": "openai", "model": "judge-model"},
+                              "against": "reference", "rows": 2, "samples": 1,
+                              "replies": {"total": 99, "requested": 0, "from_cache": 99},
+                              "policies": judge.results(pairs, scores, replies)})
+
+
+def test_judge_section_when_the_judge_ran(workspace):
+    write_judge_file(workspace)
+    report_run(workspace)
+    md = Path("reports/report.md").read_text()
+    assert "## LLM judge" in md and "`judge-model` (`openai` backend)" in md
+    rows = markdown_table(md.split("## LLM judge", 1)[1], "Policy")  # the judge's table, not the comparison
+    assert [r[0].replace("\\", "") for r in rows] == [*stages.policies(workspace), "reference"]
+    assert rows[0][1:] == ["1.000", "1 of 2 (1 invalid)", "7.00", "1 of 2 (1 of 2 replies invalid)"]
+    assert rows[-1][1:3] == ["—", ""]
+    assert "LLM judge" in Path("reports/index.html").read_text()
+
+
+def test_no_judge_section_when_disabled(workspace):
+    write_json(stages.JUDGE, {"enabled": False})
+    report_run(workspace)
+    assert "LLM judge" not in Path("reports/report.md").read_text()

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from sumrl.params import ParamsError, load_params
+from sumrl.params import ParamsError, check_environment, load_params
 
 log = logging.getLogger("sumrl")
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="base, sft or <method>_s<seed>")
     p = stage("evaluate", "ROUGE, reward, KL to SFT, length and EOS rate for one policy")
     p.add_argument("--policy", required=True)
+    stage("judge", "LLM-judge win rate and G-Eval score of every policy (writes {enabled: false} unless judge.enabled)")
     stage("report", "reports/report.md, metrics.json and plots comparing all policies")
     p = sub.add_parser("stages", help="print the stage table, or write dvc.yaml from it")
     p.add_argument("--write-dvc", action="store_true", help="(re)write dvc.yaml")
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return _stages(args)
     try:
         params = load_params(args.params, args.preset, args.overrides)
+        if args.command in ("validate", "judge"):  # the environment matters only where it is used
+            check_environment(params)
     except ParamsError as exc:
         print(f"sumrl: invalid params: {exc}", file=sys.stderr)
         return 2
@@ -71,10 +74,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.params}: ok")
         return 0
     from sumrl.artifacts import DataError
+    from sumrl.evaluate.judge import JudgeError  # no torch at import: bad params above still fail fast
 
     try:
         run_stage(args.command, params, args)
-    except (DataError, FileNotFoundError) as exc:
+    except (DataError, FileNotFoundError, JudgeError) as exc:
         print(f"sumrl {args.command}: {exc}", file=sys.stderr)
         return 3
     return 0
@@ -82,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
     """Import lazily: `sumrl validate` and bad params must fail fast, before torch is imported."""
+    if command == "judge" and not params["judge"]["enabled"]:
+        # The disabled judge runs in every workflow run: it must cost a second, not a torch import.
+        from sumrl.evaluate.judge import write_disabled
+
+        return write_disabled()
     from sumrl import runtime
 
     runtime.redirect_caches(Path(".cache"))
@@ -103,6 +112,8 @@ def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
         from sumrl.evaluate.generate import run
     elif command == "evaluate":
         from sumrl.evaluate.metrics import run
+    elif command == "judge":
+        from sumrl.evaluate.judge import run
     elif command == "report":
         from sumrl.report import run
     else:  # pragma: no cover - argparse restricts the choices

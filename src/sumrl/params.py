@@ -14,7 +14,7 @@ import os
 from importlib import resources
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jsonschema
 import yaml
@@ -173,8 +173,30 @@ def _check_semantics(p: dict, source: str, check_files: bool) -> None:
     base = p["model"]["base"]
     if check_files and base.startswith(("./", "/", "../")) and not Path(base).exists():
         problems.append(f"model.base: local model folder not found: {base}")
+    judge = p["judge"]
+    if judge["enabled"] and judge["backend"] == "openai" and not judge["model"]:
+        problems.append("judge.model: required when judge.backend is 'openai' (the model name the endpoint serves)")
     if problems:
         raise ParamsError(f"{source}: " + "\n".join(problems))
+
+
+def check_environment(p: dict, environ: Mapping[str, str] = os.environ) -> None:
+    """Settings that live in the environment: the judge endpoint's URL.
+
+    Checked by the judge stage, `sumrl validate` and the start of a real Snakemake run, not at every params
+    load: a stage that never calls the judge must not fail because a shell lacks the judge's URL. The
+    message names the variable, never its value (a URL may carry credentials).
+    """
+    judge = p["judge"]
+    if not (judge["enabled"] and judge["backend"] == "openai"):
+        return
+    name = judge["url_env"]
+    url = environ.get(name, "").strip()
+    if not url:
+        raise ParamsError(f"judge.url_env: environment variable {name} is not set; export it as the endpoint's "
+                          "base URL (e.g. http://127.0.0.1:8000/v1), or set judge.backend: hf")
+    if not url.startswith(("http://", "https://")):
+        raise ParamsError(f"judge.url_env: {name} must be an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
 
 
 def to_namespace(value: Any) -> Any:

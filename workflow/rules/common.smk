@@ -13,7 +13,13 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
-from sumrl.params import ParamsError, deep_merge, read_yaml, validate_params
+from sumrl.params import (
+    ParamsError,
+    check_environment,
+    deep_merge,
+    read_yaml,
+    validate_params,
+)
 from sumrl import stages
 from sumrl.stages import policy_dir
 
@@ -82,9 +88,11 @@ PARAMS_SOURCE = _load_config()
 
 
 def check_files():
-    """The file checks of `sumrl validate`; called when a real run starts, before any job runs."""
+    """The file and environment checks of `sumrl validate`; called when a real run starts, before
+    any job runs (an unset judge URL fails now, not after hours of training)."""
     try:
         validate_params(config, source=PARAMS_SOURCE, check_files=True)
+        check_environment(config)
     except ParamsError as exc:
         raise WorkflowError(f"sumrl: invalid params: {exc}") from None
 
@@ -102,6 +110,9 @@ THREADS = config["compute"]["threads"]
 # One GPU per model-running job unless the params pin the CPU (`gpu` is the resource that the
 # slurm executor plugin turns into --gpus; locally it is not limited unless --resources gpu=N).
 GPU = 0 if config["compute"]["device"] == "cpu" else 1
+# The judge runs a model here only with the hf backend; an HTTP endpoint needs no GPU of ours.
+JUDGE = config["judge"]
+JUDGE_GPU = GPU if JUDGE["enabled"] and JUDGE["backend"] == "hf" else 0
 
 
 wildcard_constraints:

@@ -1,5 +1,6 @@
 # Generation on the test split and evaluation (ROUGE, reward, KL to SFT, length, EOS rate) for every
-# policy: base and sft (wildcard `policy`), and each RL run (wildcards `method`, `seed`).
+# policy: base and sft (wildcard `policy`), and each RL run (wildcards `method`, `seed`); then the
+# LLM judge over all of them (a no-op unless judge.enabled).
 
 
 rule generate:
@@ -116,3 +117,30 @@ rule evaluate_rl:
         compute=config["compute"],
     shell:
         "sumrl evaluate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
+
+
+rule judge:
+    input:
+        code("src/sumrl/evaluate/judge.py"),
+        "src/sumrl/evaluate/metrics.py",
+        SHARED_CODE,
+        expand("reports/generations/{policy}.jsonl", policy=POLICIES),
+        "models/base",
+    output:
+        "reports/judge.json",
+    log:
+        "logs/judge.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=120,
+        gpu=JUDGE_GPU,
+    params:
+        seed=config["seed"],
+        judge=config["judge"],
+        compute=config["compute"],
+        model_dtype=config["model"]["dtype"],
+    shell:
+        "sumrl judge > {log} 2>&1"

@@ -14,6 +14,7 @@ rule report:
         "reports/reward_eval.json",
         expand("reports/consolidate/{stage}.json", stage=["sft", "reward"]),
         "data/pairs",
+        "reports/judge.json",
     output:
         "reports/report.md",
         "reports/index.html",

@@ -15,8 +15,8 @@ from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table
 from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, TRAINED_STAGES, Inputs, consolidation_path, curve_path,
                                  load_inputs, rl_curve_name)
 from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_value,
-                                 key_value_table, metrics_json, policy_summary, sample_blocks, sample_ids,
-                                 seed_spread, seed_table)
+                                 judge_table, key_value_table, metrics_json, policy_summary, sample_blocks,
+                                 sample_ids, seed_spread, seed_table)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,26 @@ def seed_section(spread: dict | None) -> list[Block]:
             Paragraph("Mean and standard deviation (ddof=1) over each method's seeds.")]
 
 
+def judge_section(judge: dict | None, policies: list[str]) -> list[Block]:
+    """Nothing unless the judge ran (judge.enabled): the default report has no judge section."""
+    if judge is None:
+        return []
+    who = judge["judge"]
+    opponent = "human reference summary" if judge["against"] == "reference" else "SFT policy's summary"
+    samples = "one greedy reply" if judge["samples"] == 1 else f"the mean of {judge['samples']} sampled replies"
+    return [
+        Heading("LLM judge"),
+        judge_table(judge, policies),
+        Paragraph(f"Judge: `{who['model']}` (`{who['backend']}` backend), on the first {judge['rows']} test inputs. "
+                  f"Win rate: the judge picks the better of the policy's summary and the {opponent} of the same "
+                  "document, once in each order so that a preference for the first position cancels: 1 if the "
+                  "policy wins both orders, 0.5 if the orders disagree, 0 if it loses both (mean ± s.e. over "
+                  "pairs). G-Eval: a 1-10 score against coherence, consistency, fluency and relevance criteria, "
+                  f"{samples} per summary; `reference` scores the human summaries. A reply that does not parse is "
+                  "counted as invalid: its pair or summary is left out of the mean and shown in the counts."),
+    ]
+
+
 def reward_model_section(inputs: Inputs) -> list[Block]:
     blocks: list[Block] = [Heading("Reward model")]
     ev = inputs.reward_eval
@@ -186,6 +206,7 @@ def build_document(inputs: Inputs, summary: dict[str, dict], spread: dict | None
         Paragraph(f"Policies compared: {policies}."),
         *comparison_section(summary, inputs),
         *seed_section(spread),
+        *judge_section(inputs.judge, inputs.policies),
         Heading("Reward versus KL"), *figures["reward_vs_kl"],
         Heading("Summary lengths"), *figures["lengths"],
         Heading("Training curves"),

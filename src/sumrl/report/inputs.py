@@ -17,6 +17,7 @@ from sumrl.artifacts import DataError, read_json, read_jsonl
 
 REWARD_EVAL = Path("reports/reward_eval.json")
 PAIRS_CARD = Path(stages.PAIRS) / "card.json"
+JUDGE = Path(stages.JUDGE)
 TRAINED_STAGES = ("sft", "reward")
 
 
@@ -30,6 +31,7 @@ class Inputs:
     consolidation: dict[str, dict | None]   # trained stage -> check file, None if absent
     pairs_card: dict | None
     curves: dict[str, dict[str, list[float]]]  # curve name (sft, reward, rl policy) -> column -> values
+    judge: dict | None = None               # reports/judge.json when the judge ran (judge.enabled)
 
 
 def curve_path(name: str) -> Path:
@@ -100,6 +102,16 @@ def read_curves(names: list[str]) -> dict[str, dict[str, list[float]]]:
     return {name: curve for name, curve in curves.items() if curve}
 
 
+def read_judge() -> dict | None:
+    """The judge's results, or None when it is off (the default) or its file is absent: no section then."""
+    judge = read_optional_json(JUDGE)
+    if not judge or not judge.get("enabled"):
+        return None
+    if not isinstance(judge.get("policies"), dict) or "judge" not in judge:
+        raise DataError(f"{JUDGE}: enabled but no 'judge' and 'policies' entries; rerun `sumrl judge`")
+    return judge
+
+
 def load_inputs(params: dict) -> Inputs:
     policies = stages.policies(params)
     methods = rl_methods(params)
@@ -112,4 +124,5 @@ def load_inputs(params: dict) -> Inputs:
         consolidation={s: read_optional_json(consolidation_path(s)) for s in TRAINED_STAGES},
         pairs_card=read_optional_json(PAIRS_CARD),
         curves=read_curves([*TRAINED_STAGES, *(rl_curve_name(p) for p in methods)]),
+        judge=read_judge(),
     )

@@ -140,6 +140,36 @@ def metrics_json(summary: dict[str, dict], spread: dict | None, inputs: Inputs) 
     return out
 
 
+# ---- the LLM judge ---------------------------------------------------------------------------------
+
+def _pairwise_cells(pairwise: dict | None, name: str) -> tuple[str, str]:
+    if pairwise is None:
+        return ("—" if name == "reference" else "n/a (the opponent itself)"), ""
+    counted = f"{pairwise['valid']} of {pairwise['pairs']} ({pairwise['invalid']} invalid)"
+    return fmt_pm(pairwise["win_rate"], pairwise["win_rate_se"]), counted
+
+
+def judge_table(judge: dict, policies: list[str]) -> Table:
+    """Win rate against the opponent and G-Eval score per policy, with every invalid reply counted in sight.
+
+    Rows follow the report's policy order (judge.json's keys are sorted), the human references last; a policy
+    the judge did not see (its params named other policies) says so.
+    """
+    header = ("Policy", f"Win rate vs {judge['against']} ± s.e.", "Pairs judged", "G-Eval (1-10) ± s.e.",
+              "Summaries scored")
+    rows = []
+    for name in [*policies, "reference"]:
+        entry = judge["policies"].get(name)
+        if entry is None:
+            rows.append((name, "not judged", "", "", ""))
+            continue
+        geval = entry["geval"]
+        scored = (f"{geval['scored']} of {geval['summaries']} "
+                  f"({geval['invalid_replies']} of {geval['replies']} replies invalid)")
+        rows.append((name, *_pairwise_cells(entry["pairwise"], name), fmt_pm(geval["mean"], geval["se"], 2), scored))
+    return Table(header, tuple(rows), "numbers")
+
+
 # ---- key/value and sample tables -------------------------------------------------------------------
 
 def flatten(d: dict, prefix: str = "") -> dict:
