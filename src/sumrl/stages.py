@@ -24,6 +24,7 @@ CONSOLIDATION = "reports/consolidate/{stage}.json"
 RL = "models/rl/{method}_s{seed}"
 GENERATIONS = "reports/generations/{policy}.jsonl"
 EVAL = "reports/eval/{policy}.json"
+JUDGE = "reports/judge.json"
 CURVES = "reports/curves"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
@@ -175,10 +176,21 @@ STAGES: tuple[Stage, ...] = (
         over_rl_runs=True,
     ),
     Stage(
+        # Always in the DAG: disabled (the default) it writes {"enabled": false} in a second, so turning it on is
+        # a params change (`dvc exp run -S judge.enabled=true`). Its reply cache (.cache/judge/) is not an output:
+        # both front ends delete outputs before a rerun, and the cache is what makes a rerun cost nothing.
+        "judge",
+        "sumrl judge",
+        deps=(f"{CODE}/evaluate/judge.py", f"{CODE}/evaluate/metrics.py", *SHARED_CODE, "reports/generations", BASE),
+        outs=(),
+        params=("seed", "judge", "compute", "model.dtype"),
+        metrics=(JUDGE,),
+    ),
+    Stage(
         "report",
         "sumrl report",
         deps=(f"{CODE}/report", f"{CODE}/evaluate/metrics.py", "reports/eval", "reports/generations", CURVES,
-              "reports/reward_eval.json", "reports/consolidate", PAIRS),
+              "reports/reward_eval.json", "reports/consolidate", PAIRS, JUDGE),
         outs=("reports/report.md", "reports/index.html"),
         params=("report", "rl.methods", "rl.seeds"),
         metrics=("reports/metrics.json",),
@@ -258,14 +270,17 @@ def dvc_yaml() -> str:
         entry["cmd"] = _dvc_template(stage.cmd)
         entry["deps"] = [_dvc_template(d) for d in stage.deps]
         entry["params"] = list(stage.params)
+        # Metrics and plots are cached by DVC like every output (not `cache: false`): /reports/ is git-ignored,
+        # so DVC is what carries them to a clone that pulls, which is then up to date.
         outs = [_dvc_template(o) for o in stage.outs]
-        outs += [{_dvc_template(p): {"cache": False}} for p in stage.plots if not p.endswith(".csv")]
-        entry["outs"] = outs
+        outs += [_dvc_template(p) for p in stage.plots if not p.endswith(".csv")]
+        if outs:  # a stage whose only output is a metrics file (judge) has no `outs:` entry
+            entry["outs"] = outs
         if stage.metrics:
-            entry["metrics"] = [{_dvc_template(m): {"cache": False}} for m in stage.metrics]
+            entry["metrics"] = [_dvc_template(m) for m in stage.metrics]
         csv_plots = [_dvc_template(p) for p in stage.plots if p.endswith(".csv")]
         if csv_plots:
-            entry["plots"] = [{p: {"cache": False, "x": "step"}} for p in csv_plots]
+            entry["plots"] = [{p: {"x": "step"}} for p in csv_plots]
         # DVC 3: `matrix` sits beside cmd/deps/outs, but a `foreach` body must go under `do`.
         stages[stage.name] = {**wrapper, "do": entry} if wrapper else entry
     header = "# Generated from src/sumrl/stages.py by `sumrl stages --write-dvc`; do not edit by hand.\n"
