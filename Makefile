@@ -31,8 +31,7 @@ setup: $(BIN)/sumrl
 run: setup  ## the whole DAG on the embedded default, with Snakemake
 	$(BIN)/snakemake --cores $(CORES) --profile workflow/profiles/local
 
-run-dvc: setup  ## the same DAG with DVC (needs a git repo; `dvc init` is done on first use)
-	@test -d .dvc || $(BIN)/dvc init -q
+run-dvc: setup  ## the same DAG with DVC (.dvc/ is committed: the project is a DVC repo in every clone)
 	$(BIN)/dvc repro
 
 test: setup
