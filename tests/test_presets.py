@@ -96,3 +96,13 @@ def test_user_data_preset_fails_clearly_until_the_data_is_there(tmp_path):
     (tmp_path / missing / "train.jsonl").write_text('{"id": "1", "dialogue": "A: hi", "summary": "greeting"}\n')
     cli = run([sys.executable, "-m", "sumrl.cli", "validate", "--preset", preset], cwd=tmp_path)
     assert cli.returncode == 0, cli.stderr
+
+
+def test_validate_write_bakes_a_preset_into_a_params_file(tmp_path):
+    """DVC tracks params.yaml only: `sumrl validate --preset P --write params.yaml` gives it the merged params."""
+    out = tmp_path / "params.yaml"
+    args = ["validate", "--preset", "presets/helpsteer2-reinforce.yaml", "--write", str(out)]
+    proc = run([sys.executable, "-m", "sumrl.cli", *args], cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert load_params(out) == load_params(ROOT / "params.yaml", ROOT / "presets" / "helpsteer2-reinforce.yaml")
+    assert read_yaml(out) != read_yaml(ROOT / "params.yaml")

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    stage("validate", "check params (schema, cross-key rules, files) and exit")
+    p = stage("validate", "check params (schema, cross-key rules, files) and exit")
+    p.add_argument("--write", metavar="PATH",
+                   help="also write the merged, validated params there (DVC tracks only params.yaml: bake a preset into it)")
     stage("base-model", "materialize the base model as a Hugging Face folder")
     stage("prepare-data", "load, clean, filter and split the data; write the data card")
     stage("pairs", "build preference pairs (human pairs, or reference vs base-model sample)")
@@ -71,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sumrl: invalid params: {exc}", file=sys.stderr)
         return 2
     if args.command == "validate":
+        if args.write:
+            _write_params(params, Path(args.write))
         print(f"{args.params}: ok")
         return 0
     from sumrl.artifacts import DataError
@@ -82,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sumrl {args.command}: {exc}", file=sys.stderr)
         return 3
     return 0
+
+
+def _write_params(params: dict, path: Path) -> None:
+    import yaml
+
+    from sumrl.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:  # may be params.yaml itself, read above: never leave it half-written
+        tmp.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    print(f"wrote {path}")
 
 
 def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
