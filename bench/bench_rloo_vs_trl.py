@@ -1,9 +1,12 @@
 """One RLOO step of sumrl against trl.RLOOTrainer, same settings, in one run; prints episodes/s and peak memory.
 
 Same policy (SmolLM2-135M-Instruct from models/base, or --model), same prompts (ACLSum abstracts formatted by
-sumrl's PromptFormat), same k, completion length, LoRA config, KL coefficient, temperature and reward model
-(models/reward if present, else a fresh scalar head on the base model). Each side runs in its own process so
-peak RSS is its own; each does `--warmup` untimed steps, then `--steps` timed steps.
+sumrl's PromptFormat), same k, completion length, LoRA config, KL coefficient, temperature, weight dtype
+(--dtype, both sides) and reward model (models/reward if present, else a fresh scalar head on the base model).
+Each side runs in its own process so peak RSS is its own; each does `--warmup` untimed steps, then `--steps`
+timed steps. sumrl runs twice: the whole rollout in one forward/backward, and in micro-batches of --micro
+completions (rl.micro_batch_size: the same gradient, less activation memory). trl runs with its defaults
+(gradient checkpointing on).
 
     .venv/bin/python bench/bench_rloo_vs_trl.py            # after `make run` (uses models/base, models/reward)
     .venv/bin/python bench/bench_rloo_vs_trl.py --steps 2
@@ -22,12 +25,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SIDES = ("sumrl", "sumrl-micro", "trl")
 
 
 def settings(args) -> dict:
     return {"k": args.k, "prompts_per_step": args.prompts, "max_new_tokens": args.tokens, "lora_r": 16,
             "lora_alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "kl_coef": 0.05,
-            "temperature": 1.0, "learning_rate": 2e-4, "threads": args.threads}
+            "temperature": 1.0, "learning_rate": 2e-4, "threads": args.threads, "dtype": args.dtype}
 
 
 def load_prompts(model_dir: str, n: int) -> list[str]:
@@ -58,7 +62,7 @@ def reward_dir(model_dir: str, workdir: Path) -> str:
     return str(out)
 
 
-def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> dict:
+def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, micro: int | None) -> dict:
     import torch
 
     from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
@@ -72,7 +76,8 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -
     torch.manual_seed(0)
     params = load_params(ROOT / "params.yaml", check_files=False, overrides=[
         f"rl.rloo.k={cfg['k']}", f"rl.kl_coef={cfg['kl_coef']}", f"rl.max_new_tokens={cfg['max_new_tokens']}",
-        f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1"])
+        f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1",
+        f"rl.micro_batch_size={'null' if micro is None else micro}", f"model.dtype={cfg['dtype']}"])
     rl = params["rl"]
     tok = load_tokenizer(model_dir)
     policy = add_lora(load_policy(model_dir, params), {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"],
@@ -94,7 +99,7 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -
     return {"step_seconds": times}
 
 
-def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> dict:
+def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, micro: None = None) -> dict:
     import torch
     from datasets import Dataset
     from peft import LoraConfig
@@ -107,7 +112,8 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> 
     torch.manual_seed(0)
     tok = load_tokenizer(model_dir)
     prompts = load_prompts(model_dir, cfg["prompts_per_step"])
-    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir)
+    dtype = getattr(torch, cfg["dtype"])
+    rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype)
     stamps: list[float] = []
 
     class Clock(TrainerCallback):
@@ -125,7 +131,7 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> 
             logging_steps=1, save_strategy="no", seed=0,
         )
         trainer = RLOOTrainer(
-            model=AutoModelForCausalLM.from_pretrained(model_dir), reward_funcs=rm, args=config,
+            model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype), reward_funcs=rm, args=config,
             train_dataset=Dataset.from_list([{"prompt": p} for p in prompts] * (warmup + steps)),
             processing_class=tok, reward_processing_classes=load_tokenizer(rm_dir),
             peft_config=LoraConfig(r=cfg["lora_r"], lora_alpha=cfg["lora_alpha"], lora_dropout=0.0,
@@ -139,8 +145,9 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int) -> 
 
 def child(args) -> None:
     cfg = json.loads(args.child_cfg)
-    fn = run_sumrl if args.child == "sumrl" else run_trl
-    result = fn(cfg, args.model, args.reward, args.steps, args.warmup)
+    fn = run_trl if args.child == "trl" else run_sumrl
+    micro = args.micro if args.child == "sumrl-micro" else None
+    result = fn(cfg, args.model, args.reward, args.steps, args.warmup, micro)
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -154,21 +161,27 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="weights, both sides (auto: model.dtype's rule, bf16 only with native bf16 matmuls)")
+    ap.add_argument("--micro", type=int, default=2, help="completions per forward/backward (sumrl-micro)")
     ap.add_argument("--reward", default=None)
-    ap.add_argument("--child", choices=["sumrl", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--child-cfg", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
     if not Path(args.model).is_dir():
         sys.exit(f"{args.model}: no model folder; run `make run` (or `sumrl base-model`) first")
+    from sumrl.models.load import torch_dtype
+
+    args.dtype = str(torch_dtype({"model": {"dtype": args.dtype}, "compute": {"device": "cpu"}})).removeprefix("torch.")
     cfg = settings(args)
     with tempfile.TemporaryDirectory() as tmp:
         rm = args.reward or reward_dir(args.model, Path(tmp))
         results = {}
-        for side in ("sumrl", "trl"):
+        for side in SIDES:
             cmd = [sys.executable, __file__, "--child", side, "--child-cfg", json.dumps(cfg), "--model", args.model,
-                   "--reward", rm, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+                   "--reward", rm, "--steps", str(args.steps), "--warmup", str(args.warmup), "--micro", str(args.micro)]
             out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
@@ -176,16 +189,16 @@ def main() -> None:
             results[side] = json.loads(line[0][7:])
     episodes = cfg["k"] * cfg["prompts_per_step"]
     print(f"settings: {json.dumps(cfg)}")
-    print(f"{'':8s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s}")
+    print(f"{'':12s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s} {'speed vs trl':>13s} {'memory vs trl':>14s}")
+    trl = results["trl"]
+    for r in results.values():
+        r["episodes_per_s"] = episodes * len(r["step_seconds"]) / sum(r["step_seconds"])
     for side, r in results.items():
-        sec = sum(r["step_seconds"]) / len(r["step_seconds"])
-        r["episodes_per_s"] = episodes / sec
-        print(f"{side:8s} {sec:8.2f} {r['episodes_per_s']:11.3f} {r['peak_rss_gb']:12.2f}")
-    speed = results["sumrl"]["episodes_per_s"] / results["trl"]["episodes_per_s"]
-    mem = results["sumrl"]["peak_rss_gb"] / results["trl"]["peak_rss_gb"]
-    print(f"speed ratio (sumrl/trl episodes per s): {speed:.2f}x  (target >= 2.0)")
-    print(f"memory ratio (sumrl/trl peak RSS):      {mem:.2f}x  (target <= 0.7)")
-    print(f"trl gradient_checkpointing: {results['trl'].get('gradient_checkpointing')}")
+        speed, mem = r["episodes_per_s"] / trl["episodes_per_s"], r["peak_rss_gb"] / trl["peak_rss_gb"]
+        print(f"{side:12s} {episodes / r['episodes_per_s']:8.2f} {r['episodes_per_s']:11.3f} {r['peak_rss_gb']:12.2f}"
+              f" {speed:12.2f}x {mem:13.2f}x")
+    print("targets: speed >= 2.0x, memory <= 0.7x")
+    print(f"trl gradient_checkpointing: {trl.get('gradient_checkpointing')}")
 
 
 if __name__ == "__main__":

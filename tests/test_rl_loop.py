@@ -1,6 +1,7 @@
 """The RL loop end to end on the tiny model: every method trains, logs, saves, and resumes exactly."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
@@ -97,3 +98,56 @@ def test_probabilistic_rm_with_variance_regularization(tiny_model_dir, rl_inputs
     # E[s] of a 1..10 distribution
     assert all(1.0 <= float(r["score_mean"]) <= 10.0 for r in rows)
     assert summary["steps"] == len(rows)
+
+
+@pytest.mark.parametrize("method", ["rloo", "ppo"])
+def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir, rl_inputs):
+    """rl.micro_batch_size=1 takes the same optimizer step as one pass over the mini-batch: each micro-batch
+    is weighted by its share of the loss's mean (completions for RLOO, completion tokens for PPO)."""
+    from sumrl.data.prompts import PromptFormat
+    from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
+    from sumrl.rl.core import ValueHead, add_lora, rollout
+    from sumrl.rl.loop import update
+    from sumrl.rl.methods import build_method
+
+    params = _params(tiny_model_dir, "rl.mini_batches=1", "rl.rollout_batch_size=4", "rl.rloo.k=2")
+    cfg = params["rl"]
+    runtime.setup(0, 2)
+    tok = load_tokenizer(str(tiny_model_dir))
+    rm, meta = load_reward_model(str(rl_inputs / "rm_scalar"), params)
+    prompts = [PromptFormat.from_params(tok, params).prompt(json.loads(line)["document"])
+               for line in open(rl_inputs / "rl.jsonl")][:2]
+
+    def one_step(micro_batch_size):
+        torch.manual_seed(0)
+        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg["lora"])
+        for name, p in policy.named_parameters():  # B = 0 at init would leave A's gradient zero
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        value_head = ValueHead(policy.config.hidden_size) if method == "ppo" else None
+        if value_head is not None:
+            torch.nn.init.normal_(value_head.linear.weight, std=0.02)
+        trainable = [p for p in policy.parameters() if p.requires_grad] + (
+            list(value_head.parameters()) if value_head is not None else [])
+        m = build_method(method, cfg)
+        torch.manual_seed(1)
+        batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, tok, meta["kind"],
+                              [p for p in prompts for _ in range(2)], cfg, value_head)
+        # The tiny model never samples EOS: end the completions at different lengths, as EOS would.
+        lengths = torch.tensor([12, 9, 5, 2])
+        mask = (torch.arange(batch.completion_len) < lengths[:, None]).float()
+        batch = dataclasses.replace(batch, mask=mask, logp=batch.logp * mask, ref_logp=batch.ref_logp * mask,
+                                    values=None if batch.values is None else batch.values * mask)
+        adv, extra = m.advantages(batch)
+        before = [p.detach().clone() for p in trainable]
+        # SGD with lr 1: the parameter change is the clipped gradient itself.
+        losses, _ = update(policy, value_head, torch.optim.SGD(trainable, lr=1.0), trainable, m, batch, adv, extra,
+                           {**cfg, "micro_batch_size": micro_batch_size})
+        return [b - p.detach() for b, p in zip(before, trainable)], losses
+
+    whole, whole_loss = one_step(None)
+    micro, micro_loss = one_step(1)
+    assert micro_loss == pytest.approx(whole_loss, rel=1e-5, abs=1e-7)
+    for g_whole, g_micro in zip(whole, micro):
+        torch.testing.assert_close(g_micro, g_whole, rtol=1e-4, atol=1e-7)
+    assert max(g.abs().max().item() for g in whole) > 0

@@ -12,11 +12,13 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import torch
+
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from sumrl import stages
 from sumrl.artifacts import atomic_path, write_json
-from sumrl.models.load import DTYPES, save_model
+from sumrl.models.load import save_model, torch_dtype
 
 
 class ModelSpecError(ValueError):
@@ -41,22 +43,23 @@ def resolve_gguf(spec: str) -> Path:
     return path
 
 
-def load_base(spec: str, dtype: str = "float32", trust_remote_code: bool = False):
+def load_base(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     if spec.startswith("gguf:"):
         path = resolve_gguf(spec)
         # dequantize=True gives plain float weights; a quantized GGUF model can be neither saved nor trained.
         kwargs = dict(gguf_file=path.name, quantization_config=GgufConfig(dequantize=True))
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=DTYPES[dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=dtype, **kwargs)
         return model, tok
     tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
-        spec, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, use_safetensors=True
+        spec, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
     )
     return model, tok
 
 
-def materialize_base(spec: str, out_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False) -> dict:
+def materialize_base(spec: str, out_dir: str | Path, dtype: torch.dtype = torch.float32,
+                     trust_remote_code: bool = False) -> dict:
     model, tok = load_base(spec, dtype, trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -66,7 +69,7 @@ def materialize_base(spec: str, out_dir: str | Path, dtype: str = "float32", tru
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": model.config.vocab_size,
         "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
-        "dtype": dtype,
+        "dtype": str(dtype).removeprefix("torch."),  # what model.dtype resolved to on this machine
     }
     with atomic_path(out_dir, is_dir=True) as tmp:
         save_model(model, tok, tmp)
@@ -77,5 +80,5 @@ def materialize_base(spec: str, out_dir: str | Path, dtype: str = "float32", tru
 def run(params: dict, args=None) -> None:
     """`sumrl base-model`: models/base from `model.base`."""
     m = params["model"]
-    info = materialize_base(m["base"], stages.BASE, m["dtype"], params["compute"]["trust_remote_code"])
+    info = materialize_base(m["base"], stages.BASE, torch_dtype(params), params["compute"]["trust_remote_code"])
     print(f"{stages.BASE}: {info['parameters']:,} parameters from {info['source']}")

@@ -13,6 +13,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(params: dict) -> torch.dtype:
+    """model.dtype as a torch dtype. `auto`: bfloat16 where the hardware multiplies bf16 natively, else float32.
+
+    A CPU without AVX-512 BF16 / AMX runs bf16 matmuls through a fallback ~85x slower than fp32 (measured on
+    an AVX2 EPYC: 1.2 vs 103 GFLOP/s), so `auto` asks the machine rather than assuming it.
+    """
+    name = params["model"]["dtype"]
+    if name != "auto":
+        return DTYPES[name]
+    device = params["compute"]["device"]
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 REWARD_META = "sumrl_reward.json"
 
 
@@ -50,7 +65,7 @@ def use_distinct_pad(tokenizer) -> None:
 def load_policy(path: str | Path, params: dict, device: torch.device | str = "cpu"):
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
-        dtype=DTYPES[params["model"]["dtype"]],
+        dtype=torch_dtype(params),
         trust_remote_code=params["compute"]["trust_remote_code"],
         use_safetensors=True,
     )
@@ -65,7 +80,7 @@ def load_reward_model(path: str | Path, params: dict, device: torch.device | str
     meta = json.loads(meta_path.read_text())
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path),
-        dtype=DTYPES[params["model"]["dtype"]],
+        dtype=torch_dtype(params),
         trust_remote_code=params["compute"]["trust_remote_code"],
         use_safetensors=True,
     )

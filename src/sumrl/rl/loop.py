@@ -120,20 +120,31 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
 
 def update(policy, value_head, optimizer, trainable, method: Method, batch, adv, extra, cfg: dict
            ) -> tuple[list[float], list[dict]]:
-    """rl.epochs passes over the rollout in rl.mini_batches shuffled mini-batches, one optimizer step each."""
+    """rl.epochs passes over the rollout in rl.mini_batches shuffled mini-batches, one optimizer step each.
+
+    A mini-batch's gradient is accumulated over micro-batches of rl.micro_batch_size completions, each
+    loss weighted by its share of the mini-batch (method.loss_weight), so the step is the same as one
+    pass over the whole mini-batch while only one micro-batch's activations are alive at a time.
+    """
     policy.train()
     losses, extras = [], []
     for _epoch in range(cfg["epochs"]):
         for idx in torch.randperm(len(batch)).chunk(cfg["mini_batches"]):
-            logp, values, _ = forward_completion(policy, batch.input_ids[idx], batch.attention_mask[idx],
-                                                 batch.completion_len, cfg["temperature"], value_head)
-            loss, loss_stats = method.loss(logp * batch.mask[idx], batch, idx, adv, extra, values)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum, stats = 0.0, {}
+            for micro in idx.split(cfg["micro_batch_size"] or len(idx)):
+                logp, values, _ = forward_completion(policy, batch.input_ids[micro], batch.attention_mask[micro],
+                                                     batch.completion_len, cfg["temperature"], value_head)
+                loss, loss_stats = method.loss(logp * batch.mask[micro], batch, micro, adv, extra, values)
+                weight = method.loss_weight(batch, micro, idx)
+                (loss * weight).backward()
+                loss_sum += weight * loss.item()
+                for key, value in loss_stats.items():
+                    stats[key] = stats.get(key, 0.0) + weight * value
             torch.nn.utils.clip_grad_norm_(trainable, cfg["max_grad_norm"])
             optimizer.step()
-            losses.append(loss.item())
-            extras.append(loss_stats)
+            losses.append(loss_sum)
+            extras.append(stats)
     return losses, extras
 
 

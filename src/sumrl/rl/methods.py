@@ -46,6 +46,13 @@ class Method:
     def loss(self, logp, batch: Rollout, idx, adv, extra, values=None) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def loss_weight(self, batch: Rollout, micro, idx) -> float:
+        """The share of the mini-batch `idx` that the micro-batch `micro` holds in the loss's mean.
+
+        Sequence-level losses average over completions; token-level ones (PPO) override this.
+        """
+        return len(micro) / len(idx)
+
     def state_dict(self) -> dict:
         return {}
 

@@ -19,6 +19,10 @@ class PPO(Method):
             adv = F.variance_regularize(adv, batch.sigma.unsqueeze(1))
         return F.masked_whiten(adv, batch.mask), {"returns": returns}
 
+    def loss_weight(self, batch, micro, idx):
+        """The losses are means over completion tokens: a micro-batch weighs its share of the tokens."""
+        return (batch.mask[micro].sum() / batch.mask[idx].sum()).item()
+
     def loss(self, logp, batch, idx, adv, extra, values=None):
         ppo = self.cfg["ppo"]
         mask = batch.mask[idx]

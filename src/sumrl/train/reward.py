@@ -20,7 +20,7 @@ from trl import RewardConfig, RewardTrainer
 from sumrl import runtime, stages
 from sumrl.artifacts import read_json, read_jsonl, write_json
 from sumrl.data.prompts import PromptFormat
-from sumrl.models.load import DTYPES, load_tokenizer, lora_config, use_distinct_pad
+from sumrl.models.load import load_tokenizer, lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
 from sumrl.scale.deepspeed import weights_only_torch_load
 from sumrl.train.common import CurveCallback, checkpoint_dir, trainer_args, write_run
@@ -87,7 +87,7 @@ def run(params: dict, args) -> None:
     )
     # Loaded after the config: under ZeRO-3 the weights are partitioned as they load.
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=num_labels(cfg), dtype=DTYPES[params["model"]["dtype"]],
+        base, num_labels=num_labels(cfg), dtype=torch_dtype(params),
         trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
     ).to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
