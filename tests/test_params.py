@@ -70,7 +70,7 @@ CASES = {
         params=PARAMS.replace("  kl_coef: 0.05\n", ""), expect=("rl: 'kl_coef' is a required property",)
     ),
     "yaml-syntax-error": Case(
-        params=PARAMS.replace("  kl_coef: 0.05\n", "  kl_coef: [0.05\n"), expect=("params.yaml: not valid YAML",)
+        params=PARAMS.replace("  kl_coef: 0.05\n", "  kl_coef: [0.05\n"), expect=("params.yaml: not valid YAML", 'in "params.yaml", line')
     ),
     "preset-file-missing": Case(preset_path="presets/nope.yaml", expect=("presets/nope.yaml",)),
 }

@@ -35,7 +35,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, encoding="utf-8") as fh:  # a stream, so YAML's error marks name the file, not "<unicode string>"
+            data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
