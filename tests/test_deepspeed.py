@@ -218,6 +218,25 @@ def test_relaunch_command_runs_the_same_stage_under_accelerate():
     assert cmd[-5:] == ["-m", "sumrl.cli", "sft", "--set", "sft.epochs=1"]
     cpu = launch.relaunch_command(params_with(launcher="accelerate"), ["sft"], gpus=0)
     assert "--cpu" in cpu and cpu[cpu.index("--config_file") + 1].endswith("accelerate_ddp.yaml")
+    # With ZeRO on a CPU, no --cpu: it would switch accelerate's DeepSpeed off (the trainer ran without ZeRO).
+    zero_cpu = launch.relaunch_command(params_with(launcher="accelerate", deepspeed="zero2"), ["sft"], gpus=0)
+    assert "--cpu" not in zero_cpu and zero_cpu[zero_cpu.index("--num_processes") + 1] == "1"
+
+
+def test_a_zero_config_without_the_deepspeed_engine_is_refused():
+    """The guard behind the bug above: a trainer whose accelerator has no DeepSpeed plugin must not train.
+    (A stand-in object for the trainer: a real one would need the broken launch to reproduce.)"""
+    from types import SimpleNamespace
+
+    from sumrl.train.common import run_trainer
+
+    calls = []
+    trainer = SimpleNamespace(is_deepspeed_enabled=False, train=lambda **kw: calls.append(kw))
+    with pytest.raises(RuntimeError, match="compute.deepspeed is 'zero2' but the trainer's accelerator has no"):
+        run_trainer(trainer, params_with(deepspeed="zero2"), None)
+    assert calls == []
+    run_trainer(trainer, params_with(deepspeed="none"), None)
+    assert calls == [{"resume_from_checkpoint": None}]
 
 
 def test_under_launcher_sees_accelerate_torchrun_and_ourselves():
@@ -232,7 +251,7 @@ def test_maybe_relaunch_is_a_no_op_for_the_python_launcher(monkeypatch):
 
 
 def test_maybe_relaunch_reexecs_through_accelerate_once(tmp_path):
-    """End to end on CPU: the child runs `sumrl validate` under `accelerate launch --cpu` and does not loop."""
+    """End to end on CPU: the child runs `sumrl validate` under `accelerate launch` and does not loop."""
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
             "from sumrl.params import load_params; from sumrl.scale.launch import maybe_relaunch;"
             "p = load_params('params.yaml', overrides=['compute.launcher=accelerate', 'compute.deepspeed=zero3']);"

@@ -67,6 +67,19 @@ class CurveCallback(TrainerCallback):
                          **{col: logs.get(key, "") for key, col in self.columns.items()}})
 
 
+def run_trainer(trainer, params: dict, resume_from: str | None) -> None:
+    """trainer.train(), refusing a ZeRO config that the trainer is not running under DeepSpeed (it would
+    train something other than what was asked, and leave no ZeRO checkpoint to consolidate)."""
+    from sumrl.scale.deepspeed import weights_only_torch_load
+
+    wanted = params["compute"]["deepspeed"]
+    if wanted != "none" and not trainer.is_deepspeed_enabled:
+        raise RuntimeError(f"compute.deepspeed is '{wanted}' but the trainer's accelerator has no DeepSpeed plugin "
+                           "(was it launched with `accelerate launch --cpu`?); refusing to train without ZeRO")
+    with weights_only_torch_load():  # DeepSpeed resumes with torch.load(weights_only=False)
+        trainer.train(resume_from_checkpoint=resume_from)
+
+
 def checkpoint_dir(stage: str, params: dict, section: dict, restart: bool) -> tuple[Path, str | None]:
     """checkpoints/<stage>: the trainer's output_dir, kept across a kill so the stage resumes.
 

@@ -22,8 +22,7 @@ from sumrl.artifacts import read_json, read_jsonl, write_json
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_tokenizer, lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
-from sumrl.scale.deepspeed import weights_only_torch_load
-from sumrl.train.common import CurveCallback, checkpoint_dir, trainer_args, write_run
+from sumrl.train.common import CurveCallback, checkpoint_dir, run_trainer, trainer_args, write_run
 
 
 class ProbabilisticRewardTrainer(RewardTrainer):
@@ -102,8 +101,7 @@ def run(params: dict, args) -> None:
                                  {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
                                   "learning_rate": "learning_rate"}, resume_from)],
     )
-    with weights_only_torch_load():  # DeepSpeed resumes with torch.load(weights_only=False)
-        trainer.train(resume_from_checkpoint=resume_from)
+    run_trainer(trainer, params, resume_from)
     evaluation = pairwise_accuracy(trainer.model, tokenizer, fmt, val_rows, cfg["kind"],
                                    params["evaluate"]["batch_size"])
     evaluation["pairs_origin"] = _pairs_origin()

@@ -15,8 +15,7 @@ from sumrl import runtime, stages
 from sumrl.artifacts import read_jsonl
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_policy, load_tokenizer, lora_config
-from sumrl.scale.deepspeed import weights_only_torch_load
-from sumrl.train.common import CurveCallback, checkpoint_dir, trainer_args, write_run
+from sumrl.train.common import CurveCallback, checkpoint_dir, run_trainer, trainer_args, write_run
 
 
 def sft_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
@@ -52,8 +51,7 @@ def run(params: dict, args) -> None:
                                  {"loss": "loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm",
                                   "mean_token_accuracy": "token_accuracy"}, resume_from)],
     )
-    with weights_only_torch_load():  # DeepSpeed resumes with torch.load(weights_only=False)
-        trainer.train(resume_from_checkpoint=resume_from)
+    run_trainer(trainer, params, resume_from)
     write_run(Path(stages.SFT_RUN), work_dir, trainer, {
         "stage": "sft", "task": "causal_lm", "base": stages.BASE, "num_labels": None, "reward": None,
         "deepspeed": params["compute"]["deepspeed"], "lora": True, "steps": trainer.state.global_step,
