@@ -97,3 +97,17 @@ def test_rl_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_
     assert summary["steps"] == 6
     steps = [int(r["step"]) for r in csv.DictReader(open(cwd / "reports" / "curves" / "rl_rloo_s0.csv"))]
     assert steps == list(range(1, 7))
+
+
+def test_sft_under_accelerate_with_zero2_on_the_cpu_trains_with_deepspeed(tmp_path, tiny_model_dir):
+    """`compute.launcher: accelerate` + `compute.deepspeed: zero2` through the CLI, as a user runs it: the stage
+    re-executes under `accelerate launch`, and what it leaves is a real ZeRO checkpoint (global_stepN + latest),
+    not a plain Trainer checkpoint (which is what `accelerate launch --cpu` silently produced)."""
+    cwd = _project(tmp_path, tiny_model_dir, "compute.launcher=accelerate", "compute.deepspeed=zero2")
+    assert _sumrl(cwd, "prepare-data").returncode == 0
+    proc = _sumrl(cwd, "sft")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "relaunching under accelerate" in proc.stderr
+    run = json.loads((cwd / "models" / "sft_run" / "sumrl_run.json").read_text())
+    last = cwd / "models" / "sft_run" / run["last_checkpoint"]
+    assert (last / "latest").is_file() and (last / f"global_step{run['steps']}").is_dir(), sorted(os.listdir(last))

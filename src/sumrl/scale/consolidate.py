@@ -10,7 +10,8 @@ from final/ (what `trainer.save_model()` wrote). A LoRA adapter is merged into t
 trusted, since ZeRO-3 checkpoints are known to come back with layers missing:
   - the rebuilt weights must cover every trained tensor and equal what the engine saved in final/;
   - the written folder is reloaded: same parameter names, shapes, count and tied embeddings as the model
-    in memory, the same weights, and logits on fixed inputs within TOLERANCE of the unmerged trained model.
+    in memory, the same weights, and logits on fixed inputs within TOLERANCE (relative to the largest logit) of
+    the unmerged trained model.
 Logits are compared in float64, where the model's own arithmetic adds no error, so what is left is what the
 written weights change; the LoRA merge is done in float64 too and rounded to fp32 once, on saving.
 Any failure raises ConsolidationError naming the file, and models/<stage>/ is not written.
@@ -41,8 +42,11 @@ FINAL = "final"
 TASKS = {"causal_lm": AutoModelForCausalLM, "sequence_classification": AutoModelForSequenceClassification}
 ZERO_STAGES = {"zero2": 2, "zero3": 3}
 # Consolidation runs in fp32 (ZeRO master weights are fp32; loaders cast to model.dtype). A wrong merge or a
-# lost layer moves logits by the adapter's effect (~2 on SmolLM2-135M); rounding the merged weights to fp32
-# moves them by ~1e-6 there.
+# lost layer moves logits by the adapter's effect (~2 on SmolLM2-135M). Weights, and the reloaded model's
+# logits against the merged one, must agree to TOLERANCE absolute (they are exact). Against the *unmerged*
+# trained model the logits are held to TOLERANCE relative to their largest magnitude: storing W + s B A in
+# fp32 rounds every merged weight by up to half an ulp, which alone moved SmolLM2-135M's logits (|logit| up
+# to ~30, 30 layers) by 1.4e-5 after a 4-step ZeRO-2 run; a full fine-tune has no merge and is exact.
 TOLERANCE = 1e-5
 PROBE = {"rows": 3, "tokens": 24, "seed": 0}
 PATHS = {"sft": (SFT_RUN, SFT), "reward": (REWARD_RUN, REWARD)}
@@ -117,6 +121,8 @@ def consolidate(run_dir: Path, out_dir: Path, stage: str, trust_remote_code: boo
         reloaded_logits = logits(reloaded, probe)
         report["max_reload_logit_diff"] = max_logit_diff(reloaded_logits, merged_logits)
         report["max_logit_diff"] = max_logit_diff(reloaded_logits, expected_logits)
+        report["max_abs_logit"] = expected_logits.abs().max().item()
+        report["logit_tolerance"] = TOLERANCE * max(1.0, report["max_abs_logit"])
         report["seconds"] = round(time.time() - started, 2)
         failures = failed_checks(report)
         report["ok"] = not failures
@@ -414,7 +420,8 @@ def failed_checks(report: dict) -> list[str]:
     for key, limit, what in (("max_source_diff", "tolerance", "checkpoint weights vs final/"),
                              ("max_weight_diff", "tolerance", "reloaded weights vs in memory"),
                              ("max_reload_logit_diff", "tolerance", "reloaded logits vs in memory"),
-                             ("max_logit_diff", "tolerance", "reloaded logits vs the unmerged trained model")):
+                             ("max_logit_diff", "logit_tolerance",
+                              "reloaded logits vs the unmerged trained model, 1e-5 of the largest |logit|")):
         if report[key] is not None and not report[key] <= report[limit]:
             failures.append(f"{key} {report[key]:.3g} > {limit} {report[limit]:.3g} ({what})")
     return failures
