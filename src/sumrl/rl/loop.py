@@ -37,6 +37,10 @@ log = logging.getLogger("sumrl.rl")
 
 def run(params: dict, args) -> None:
     name = stages.rl_policy(args.method, args.seed)
+    compute = params["compute"]
+    if compute["launcher"] != "python" or compute["deepspeed"] != "none":
+        # Not yet: RL samples with generate() every step, which under ZeRO-3 needs gathered weights.
+        log.warning("compute.launcher/deepspeed apply to SFT and reward; the RL stage runs in one process")
     device = runtime.setup(args.seed, params["compute"]["threads"], params["compute"]["device"])
     train(params, args.method, args.seed, out_dir=Path(stages.RL.format(method=args.method, seed=args.seed)),
           curve_path=Path(stages.CURVES) / f"rl_{name}.csv", ckpt_dir=Path("checkpoints/rl") / name,
