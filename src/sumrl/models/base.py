@@ -13,7 +13,6 @@ import importlib.util
 from pathlib import Path
 
 import torch
-
 from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from sumrl import stages

@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REWARD_META = "sumrl_reward.json"
 
 
 def torch_dtype(params: dict) -> torch.dtype:
@@ -28,7 +29,6 @@ def torch_dtype(params: dict) -> torch.dtype:
     if device != "cpu" and torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-REWARD_META = "sumrl_reward.json"
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_side: str = "left"):

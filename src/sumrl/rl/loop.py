@@ -41,7 +41,7 @@ def run(params: dict, args) -> None:
     if compute["launcher"] != "python" or compute["deepspeed"] != "none":
         # Not yet: RL samples with generate() every step, which under ZeRO-3 needs gathered weights.
         log.warning("compute.launcher/deepspeed apply to SFT and reward; the RL stage runs in one process")
-    device = runtime.setup(args.seed, params["compute"]["threads"], params["compute"]["device"])
+    device = runtime.setup(args.seed, compute["threads"], compute["device"])
     train(params, args.method, args.seed, out_dir=Path(stages.RL.format(method=args.method, seed=args.seed)),
           curve_path=Path(stages.CURVES) / f"rl_{name}.csv", ckpt_dir=Path("checkpoints/rl") / name,
           restart=getattr(args, "restart", False), device=device)

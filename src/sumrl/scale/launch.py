@@ -50,15 +50,12 @@ def relaunch_command(params: dict, argv: Sequence[str], gpus: int) -> list[str]:
     if ds_config is not None:
         # Absolute, so the launch works from any directory (the yaml's own path is relative to the repo root).
         cmd += ["--deepspeed_config_file", str(ds_config)]
-    if gpus:
-        cmd += ["--num_processes", str(gpus)]
-    elif ds_config is None:
-        cmd += ["--cpu", "--num_processes", "1"]
-    else:
-        # Not --cpu: it turns accelerate's DEEPSPEED distributed type off, so the trainer runs without the
-        # engine (a ZeRO-3 model already partitioned by zero.Init then fails in its first forward). Without
-        # it DeepSpeed finds no GPU and runs on the CPU accelerator itself.
-        cmd += ["--num_processes", "1"]
+    if not gpus and ds_config is None:
+        # Only without ZeRO: --cpu turns accelerate's DEEPSPEED distributed type off, so the trainer would run
+        # without the engine (a ZeRO-3 model already partitioned by zero.Init then fails in its first forward).
+        # Without it DeepSpeed finds no GPU and runs on the CPU accelerator itself.
+        cmd.append("--cpu")
+    cmd += ["--num_processes", str(gpus or 1)]
     return [*cmd, "-m", "sumrl.cli", *argv]
 
 
