@@ -69,6 +69,7 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
     from sumrl.params import load_params
     from sumrl.data.prompts import PromptFormat
     from sumrl.rl.core import add_lora, rollout
+    from sumrl.rl.engine import PlainEngine
     from sumrl.rl.loop import update
     from sumrl.rl.methods import build_method
 
@@ -85,15 +86,14 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
     rm, meta = load_reward_model(rm_dir, params)
     rm_tok = load_tokenizer(rm_dir)
     method = build_method("rloo", rl)
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=cfg["learning_rate"])
+    engine = PlainEngine(policy, {**rl, "learning_rate": cfg["learning_rate"]})
     prompts = [p for p in load_prompts(model_dir, cfg["prompts_per_step"]) for _ in range(cfg["k"])]
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
         batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, rm_tok, meta["kind"], prompts, rl)
         adv, extra = method.advantages(batch)
-        update(policy, None, opt, trainable, method, batch, adv, extra, rl)
+        update(engine, None, method, batch, adv, extra, rl)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
     return {"step_seconds": times}

@@ -163,6 +163,41 @@ def test_offload_without_zero_is_refused():
         ds.trainer_kwargs(params_with(deepspeed="none", offload="cpu"))
 
 
+class _Model:
+    """What rl_deepspeed_config reads of a model: its config's hidden size and its parameters' dtype."""
+
+    config = type("Config", (), {"hidden_size": 64})()
+
+    def parameters(self):
+        import torch
+
+        yield torch.zeros(1)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rl_deepspeed_config_fills_every_auto_from_the_rl_params(mode):
+    params = mode_params(mode)
+    params["rl"].update(rollout_batch_size=8, mini_batches=2, micro_batch_size=3, max_grad_norm=0.5)
+    config = ds.rl_deepspeed_config(params, _Model())
+    assert "auto" not in json.dumps(config)
+    # mini-batch of 4 in micro-batches of 3: two micro-batches (3 + 1), so the engine sees 3 x 2 per step
+    assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 2)
+    assert config["train_batch_size"] == 6 and config["gradient_clipping"] == 0.5
+    assert config["bf16"]["enabled"] is False and config["fp16"]["enabled"] is False
+    assert config["zero_optimization"]["reduce_bucket_size"] == 64 * 64
+    if "optimizer" in config:
+        assert config["optimizer"]["params"]["lr"] == params["rl"]["learning_rate"]
+
+
+def test_rl_deepspeed_config_names_an_auto_it_cannot_fill(tmp_path):
+    with pytest.raises(ParamsError, match=r"ds.json: zero_optimization.new_knob: 'auto'"):
+        ds.fill_auto({"zero_optimization": {"stage": 2, "new_knob": "auto"}}, {}, tmp_path / "ds.json")
+
+
+def test_rl_deepspeed_config_is_none_without_deepspeed():
+    assert ds.rl_deepspeed_config(params_with(deepspeed="none"), _Model()) is None
+
+
 @pytest.mark.parametrize("mode", ["ddp", *MODES])
 def test_accelerate_configs_load_and_point_at_the_same_zero_config(mode):
     from accelerate.commands.config.config_args import load_config_from_file

@@ -18,26 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import ROOT, TINY_OVERRIDES
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from projects import SUMRL, make_project, sumrl, add_rl_inputs
 
-from sumrl.params import load_params
-
-SUMRL = [sys.executable, "-m", "sumrl.cli"]
 pytestmark = pytest.mark.slow
-
-
-def _project(tmp_path: Path, tiny_model_dir: Path, *overrides: str) -> Path:
-    params = load_params(ROOT / "params.yaml", overrides=[f"model.base={tiny_model_dir}", *TINY_OVERRIDES, *overrides])
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base")
-    return tmp_path
-
-
-def _sumrl(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*SUMRL, *args], cwd=cwd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 def _kill_when(cwd: Path, args: list[str], ready, timeout: float = 600) -> None:
@@ -57,13 +40,13 @@ def _kill_when(cwd: Path, args: list[str], ready, timeout: float = 600) -> None:
 
 
 def test_sft_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_dir):
-    cwd = _project(tmp_path, tiny_model_dir, "sft.epochs=3", "sft.checkpoint_every=3")
-    assert _sumrl(cwd, "prepare-data").returncode == 0
+    cwd = make_project(tmp_path, tiny_model_dir, "sft.epochs=3", "sft.checkpoint_every=3")
+    assert sumrl(cwd, "prepare-data").returncode == 0
     work = cwd / "checkpoints" / "sft"
     _kill_when(cwd, ["sft"], lambda: (work / "checkpoint-3" / "trainer_state.json").is_file())
     assert not (cwd / "models" / "sft_run").exists(), "a killed stage left its output folder"
 
-    rerun = _sumrl(cwd, "sft")
+    rerun = sumrl(cwd, "sft")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = [line for line in rerun.stderr.splitlines() if "resuming sft from" in line]
     assert resumed and "checkpoint-" in resumed[0], rerun.stderr[-3000:]
@@ -75,24 +58,18 @@ def test_sft_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model
 
 
 def test_rl_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_dir):
-    cwd = _project(tmp_path, tiny_model_dir, "rl.total_episodes=24", "rl.checkpoint_every=1")
-    assert _sumrl(cwd, "prepare-data").returncode == 0
-    shutil.copytree(tiny_model_dir, cwd / "models" / "sft")
-    rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
-    rm.config.pad_token_id = 0
-    rm.save_pretrained(cwd / "models" / "reward")
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(cwd / "models" / "reward")
-    (cwd / "models" / "reward" / "sumrl_reward.json").write_text(json.dumps({"kind": "scalar", "num_scores": 1}))
+    cwd = make_project(tmp_path, tiny_model_dir, "rl.total_episodes=24", "rl.checkpoint_every=1")
+    add_rl_inputs(cwd, tiny_model_dir)
 
     state = cwd / "checkpoints" / "rl" / "rloo_s0" / "state.json"
     _kill_when(cwd, ["rl", "--method", "rloo", "--seed", "0"],
                lambda: state.is_file() and json.loads(state.read_text())["step"] >= 2)
-    assert not (cwd / "models" / "rl" / "rloo_s0").exists()
+    assert not (cwd / "models" / "rl_run" / "rloo_s0").exists()
     killed_at = json.loads(state.read_text())["step"]
 
-    rerun = _sumrl(cwd, "rl", "--method", "rloo", "--seed", "0")
+    rerun = sumrl(cwd, "rl", "--method", "rloo", "--seed", "0")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    summary = json.loads((cwd / "models" / "rl" / "rloo_s0" / "sumrl_rl.json").read_text())
+    summary = json.loads((cwd / "models" / "rl_run" / "rloo_s0" / "sumrl_run.json").read_text())
     assert summary["resumed_from"] == killed_at
     assert summary["steps"] == 6
     steps = [int(r["step"]) for r in csv.DictReader(open(cwd / "reports" / "curves" / "rl_rloo_s0.csv"))]
@@ -103,9 +80,9 @@ def test_sft_under_accelerate_with_zero2_on_the_cpu_trains_with_deepspeed(tmp_pa
     """`compute.launcher: accelerate` + `compute.deepspeed: zero2` through the CLI, as a user runs it: the stage
     re-executes under `accelerate launch`, and what it leaves is a real ZeRO checkpoint (global_stepN + latest),
     not a plain Trainer checkpoint (which is what `accelerate launch --cpu` silently produced)."""
-    cwd = _project(tmp_path, tiny_model_dir, "compute.launcher=accelerate", "compute.deepspeed=zero2")
-    assert _sumrl(cwd, "prepare-data").returncode == 0
-    proc = _sumrl(cwd, "sft")
+    cwd = make_project(tmp_path, tiny_model_dir, "compute.launcher=accelerate", "compute.deepspeed=zero2")
+    assert sumrl(cwd, "prepare-data").returncode == 0
+    proc = sumrl(cwd, "sft")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "relaunching under accelerate" in proc.stderr
     run = json.loads((cwd / "models" / "sft_run" / "sumrl_run.json").read_text())

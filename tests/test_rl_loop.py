@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from sumrl import runtime
 from sumrl.params import load_params
 from sumrl.rl.loop import train
+from sumrl.scale.consolidate import consolidate
 
 from conftest import ROOT, TINY_OVERRIDES
 
@@ -57,8 +58,14 @@ def test_method_trains_logs_and_saves(method, tiny_model_dir, rl_inputs, tmp_pat
         assert all(r[col] != "" for r in rows), col
     if method == "ppo":
         assert all(r["clip_frac"] != "" and r["value_loss"] != "" for r in rows)
-    # the saved policy is a plain model (adapter merged) whose weights moved away from the start
-    saved = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    # the run folder holds the adapter; `consolidate` merges it into the SFT weights, which moved
+    run_dir = tmp_path / "run" / "model"
+    manifest = json.loads((run_dir / "sumrl_run.json").read_text())
+    assert (manifest["stage"], manifest["lora"], manifest["deepspeed"]) == ("rl", True, "none")
+    assert manifest["aux_modules"] == (["value_head"] if method == "ppo" else [])
+    report = consolidate(run_dir, tmp_path / "merged", "rl")
+    assert report["ok"] and report["source"] == "adapter" and report["adapter_effect"] > 0
+    saved = load_file(str(tmp_path / "merged" / "model.safetensors"))
     start = load_file(str(tiny_model_dir / "model.safetensors"))
     assert not any("lora" in k for k in saved)
     moved = max((saved[k] - start[k]).abs().max().item() for k in start if "q_proj" in k)
@@ -76,8 +83,8 @@ def test_killed_run_resumes_to_the_same_weights(method, tiny_model_dir, rl_input
     assert json.loads((tmp_path / "split" / "ckpt" / "state.json").read_text())["step"] == 2  # last checkpoint
     resumed = _train(params, method, rl_inputs, tmp_path, "split")
     assert resumed["resumed_from"] == 2
-    whole = load_file(str(tmp_path / "whole" / "model" / "model.safetensors"))
-    split = load_file(str(tmp_path / "split" / "model" / "model.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "model" / "final" / "adapter_model.safetensors"))
+    split = load_file(str(tmp_path / "split" / "model" / "final" / "adapter_model.safetensors"))
     assert max((whole[k] - split[k]).abs().max().item() for k in whole) == 0.0
     # the curve holds each step once, as if never interrupted
     assert [r["step"] for r in csv.DictReader(open(tmp_path / "split" / "curve.csv"))] == ["1", "2", "3", "4"]
@@ -107,6 +114,7 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
     from sumrl.data.prompts import PromptFormat
     from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
     from sumrl.rl.core import ValueHead, add_lora, rollout
+    from sumrl.rl.engine import PlainEngine
     from sumrl.rl.loop import update
     from sumrl.rl.methods import build_method
 
@@ -124,11 +132,13 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
         for name, p in policy.named_parameters():  # B = 0 at init would leave A's gradient zero
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)
-        value_head = ValueHead(policy.config.hidden_size) if method == "ppo" else None
-        if value_head is not None:
+        value_head = None
+        if method == "ppo":
+            value_head = ValueHead(policy.config.hidden_size)
             torch.nn.init.normal_(value_head.linear.weight, std=0.02)
-        trainable = [p for p in policy.parameters() if p.requires_grad] + (
-            list(value_head.parameters()) if value_head is not None else [])
+            policy.add_module("value_head", value_head)
+        engine = PlainEngine(policy, cfg)
+        engine.optimizer = torch.optim.SGD(engine.trainable, lr=1.0)  # lr 1: the change is the clipped gradient
         m = build_method(method, cfg)
         torch.manual_seed(1)
         batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, tok, meta["kind"],
@@ -139,11 +149,9 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
         batch = dataclasses.replace(batch, mask=mask, logp=batch.logp * mask, ref_logp=batch.ref_logp * mask,
                                     values=None if batch.values is None else batch.values * mask)
         adv, extra = m.advantages(batch)
-        before = [p.detach().clone() for p in trainable]
-        # SGD with lr 1: the parameter change is the clipped gradient itself.
-        losses, _ = update(policy, value_head, torch.optim.SGD(trainable, lr=1.0), trainable, m, batch, adv, extra,
-                           {**cfg, "micro_batch_size": micro_batch_size})
-        return [b - p.detach() for b, p in zip(before, trainable)], losses
+        before = [p.detach().clone() for p in engine.trainable]
+        losses, _ = update(engine, value_head, m, batch, adv, extra, {**cfg, "micro_batch_size": micro_batch_size})
+        return [b - p.detach() for b, p in zip(before, engine.trainable)], losses
 
     whole, whole_loss = one_step(None)
     micro, micro_loss = one_step(1)

@@ -24,6 +24,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="override one param, e.g. --set rl.kl_coef=0.1 (repeatable)")
 
 
+def _trained_stage(text: str) -> str:
+    from sumrl.stages import trained_run
+
+    try:
+        trained_run(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sumrl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = stage(name, what)
         p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
     p = stage("consolidate", "turn a training run (plain or DeepSpeed ZeRO checkpoint, LoRA or full) into a verified HF folder")
-    p.add_argument("--stage", required=True, choices=["sft", "reward"])
+    p.add_argument("--stage", required=True, type=_trained_stage, help="sft, reward, or an RL run <method>_s<seed>")
     p = stage("rl", "RL fine-tuning of the SFT policy against the reward model")
     p.add_argument("--method", required=True, choices=["reinforce", "rloo", "ppo"])
     p.add_argument("--seed", type=int, required=True)

@@ -21,7 +21,8 @@ REWARD = "models/reward"
 SFT_RUN = "models/sft_run"        # trainer output: checkpoints (plain or ZeRO) + final adapter
 REWARD_RUN = "models/reward_run"
 CONSOLIDATION = "reports/consolidate/{stage}.json"
-RL = "models/rl/{method}_s{seed}"
+RL_RUN = "models/rl_run/{method}_s{seed}"  # the RL loop's output: final adapter (+ last ZeRO checkpoint)
+RL = "models/rl/{method}_s{seed}"          # consolidated from RL_RUN
 GENERATIONS = "reports/generations/{policy}.jsonl"
 EVAL = "reports/eval/{policy}.json"
 JUDGE = "reports/judge.json"
@@ -49,6 +50,16 @@ def policy_dir(name: str) -> str:
     return RL.format(method=method, seed=seed)
 
 
+def trained_run(stage: str) -> tuple[str, str, str]:
+    """`sumrl consolidate --stage X`: (run folder, consolidated folder, the stage its sumrl_run.json names)."""
+    if stage in ("sft", "reward"):
+        return f"models/{stage}_run", f"models/{stage}", stage
+    method, _, seed = stage.rpartition("_s")
+    if method not in ("reinforce", "rloo", "ppo") or not seed.isdigit():
+        raise ValueError(f"unknown trained stage '{stage}': expected sft, reward or <method>_s<seed>")
+    return RL_RUN.format(method=method, seed=seed), RL.format(method=method, seed=seed), "rl"
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -73,7 +84,9 @@ def _outside(folder: str, files: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(f for f in files if not f.startswith(f"{CODE}/{folder}/"))
 
 
-TRAIN_CODE = tuple(f"{CODE}/{m}" for m in ("train/common.py", "scale/deepspeed.py", "scale/launch.py"))
+# The launcher and DeepSpeed code every training stage (SFT, reward, RL) runs under; trl's stages add train/common.py.
+SCALE_CODE = tuple(f"{CODE}/{m}" for m in ("scale/deepspeed.py", "scale/launch.py"))
+TRAIN_CODE = (f"{CODE}/train/common.py", *SCALE_CODE)
 
 STAGES: tuple[Stage, ...] = (
     Stage(
@@ -128,10 +141,20 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "rl",
         "sumrl rl --method {method} --seed {seed}",
-        deps=(f"{CODE}/rl", *SHARED_CODE, PREPARED, SFT, REWARD),
-        outs=(RL,),
+        deps=(f"{CODE}/rl", *SCALE_CODE, *SHARED_CODE, PREPARED, SFT, REWARD),
+        outs=(RL_RUN,),
         params=("rl", "prompt", "compute", "model.dtype"),
         plots=(f"{CURVES}/rl_{{method}}_s{{seed}}.csv",),
+        over_rl_runs=True,
+    ),
+    Stage(
+        # The RL adapter sits on the SFT weights, so SFT is the base it is merged into.
+        "consolidate_rl",
+        "sumrl consolidate --stage {method}_s{seed}",
+        deps=(f"{CODE}/scale/consolidate.py", f"{CODE}/artifacts.py", RL_RUN, SFT),
+        outs=(RL,),
+        params=("compute",),
+        metrics=(CONSOLIDATION.format(stage="{method}_s{seed}"),),
         over_rl_runs=True,
     ),
     Stage(

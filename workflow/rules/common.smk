@@ -142,6 +142,7 @@ def code(path):
 # Code every model-running stage imports, and what the trl-based training stages add (the stage table's lists).
 SHARED_CODE = list(stages.SHARED_CODE)
 TRAIN_CODE = list(stages.TRAIN_CODE)
+SCALE_CODE = list(stages.SCALE_CODE)
 
 
 def mem_mb(base):

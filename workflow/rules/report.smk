@@ -12,7 +12,9 @@ rule report:
         "reports/curves/reward.csv",
         expand("reports/curves/rl_{policy}.csv", policy=RL_POLICIES),
         "reports/reward_eval.json",
-        expand("reports/consolidate/{stage}.json", stage=["sft", "reward"]),
+        expand(
+            "reports/consolidate/{stage}.json", stage=["sft", "reward", *RL_POLICIES]
+        ),
         "data/pairs",
         "reports/judge.json",
     output:

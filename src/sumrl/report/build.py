@@ -12,7 +12,7 @@ from pathlib import Path
 from sumrl.artifacts import atomic_path, write_json
 from sumrl.report import plots
 from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
-from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, TRAINED_STAGES, Inputs, consolidation_path, curve_path,
+from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, Inputs, consolidation_path, curve_path,
                                  load_inputs, rl_curve_name)
 from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_value,
                                  judge_table, key_value_table, metrics_json, policy_summary, sample_blocks,
@@ -177,8 +177,7 @@ def pairs_section(inputs: Inputs) -> list[Block]:
 
 def consolidation_section(inputs: Inputs) -> list[Block]:
     rows = []
-    for stage in TRAINED_STAGES:
-        checks = inputs.consolidation[stage]
+    for stage, checks in inputs.consolidation.items():
         if checks is None:
             rows.append((stage, "not available", f"{consolidation_path(stage)} not found"))
             continue

@@ -28,7 +28,7 @@ class Inputs:
     evals: dict[str, dict]                  # policy -> reports/eval/<policy>.json
     generations: dict[str, dict[str, dict]]  # policy -> example id -> generation row
     reward_eval: dict | None
-    consolidation: dict[str, dict | None]   # trained stage -> check file, None if absent
+    consolidation: dict[str, dict | None]   # sft, reward and each RL policy -> check file, None if absent
     pairs_card: dict | None
     curves: dict[str, dict[str, list[float]]]  # curve name (sft, reward, rl policy) -> column -> values
     judge: dict | None = None               # reports/judge.json when the judge ran (judge.enabled)
@@ -121,7 +121,8 @@ def load_inputs(params: dict) -> Inputs:
         evals={p: read_eval(p) for p in policies},
         generations={p: read_generations(p) for p in policies},
         reward_eval=read_optional_json(REWARD_EVAL),
-        consolidation={s: read_optional_json(consolidation_path(s)) for s in TRAINED_STAGES},
+        consolidation={s: read_optional_json(consolidation_path(s))
+                       for s in (*TRAINED_STAGES, *(p for p in policies if p not in stages.FIXED_POLICIES))},
         pairs_card=read_optional_json(PAIRS_CARD),
         curves=read_curves([*TRAINED_STAGES, *(rl_curve_name(p) for p in methods)]),
         judge=read_judge(),

@@ -1,7 +1,8 @@
-"""`sumrl consolidate --stage sft|reward`: a training run -> one verified Hugging Face folder.
+"""`sumrl consolidate --stage sft|reward|<method>_s<seed>`: a training run -> one verified Hugging Face folder.
 
-Reads models/<stage>_run/ (sumrl_run.json, checkpoint-N/, final/) and the base model it names; writes
-models/<stage>/ (safetensors, config, tokenizer; sumrl_reward.json for a reward model) and
+Reads models/<stage>_run/ (an RL run: models/rl_run/<method>_s<seed>/) with sumrl_run.json, checkpoint-N/
+and final/, and the base model the manifest names (models/base; models/sft for an RL run); writes models/<stage>/
+(models/rl/<method>_s<seed>/: safetensors, config, tokenizer; sumrl_reward.json for a reward model) and
 reports/consolidate/<stage>.json.
 
 The trained weights come from the last ZeRO checkpoint when the run used DeepSpeed (rebuilt in fp32 by
@@ -33,7 +34,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from sumrl.artifacts import DataError, atomic_path, read_json, write_json
 from sumrl.models.load import REWARD_META
 from sumrl.scale.deepspeed import weights_only_torch_load
-from sumrl.stages import CONSOLIDATION, REWARD, REWARD_RUN, SFT, SFT_RUN
+from sumrl.stages import CONSOLIDATION, trained_run
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ ZERO_STAGES = {"zero2": 2, "zero3": 3}
 # to ~30, 30 layers) by 1.4e-5 after a 4-step ZeRO-2 run; a full fine-tune has no merge and is exact.
 TOLERANCE = 1e-5
 PROBE = {"rows": 3, "tokens": 24, "seed": 0}
-PATHS = {"sft": (SFT_RUN, SFT), "reward": (REWARD_RUN, REWARD)}
 
 
 class ConsolidationError(DataError):
@@ -72,10 +72,10 @@ def run(params: dict, args) -> None:
     from sumrl import runtime
 
     runtime.setup(params["seed"], params["compute"]["threads"], "cpu")
-    run_dir, out_dir = (Path(p) for p in PATHS[args.stage])
+    run_dir, out_dir, kind = (Path(p) for p in trained_run(args.stage))
     report_path = Path(CONSOLIDATION.format(stage=args.stage))
     try:
-        report = consolidate(run_dir, out_dir, args.stage, params["compute"]["trust_remote_code"])
+        report = consolidate(run_dir, out_dir, str(kind), params["compute"]["trust_remote_code"])
     except DataError as exc:  # ConsolidationError included; a report says why the folder is missing
         write_json(report_path, {**getattr(exc, "report", {}), "ok": False, "stage": args.stage, "error": str(exc)})
         raise
@@ -173,7 +173,8 @@ def load_trained(base: torch.nn.Module, manifest: dict, run_dir: Path) -> Traine
     if manifest["deepspeed"] in ZERO_STAGES:
         ckpt = last_checkpoint(run_dir, manifest)
         checkpoint = str(ckpt)
-        load_weights(model, read_zero_checkpoint(ckpt, ZERO_STAGES[manifest["deepspeed"]]), ckpt)
+        weights = read_zero_checkpoint(ckpt, ZERO_STAGES[manifest["deepspeed"]])
+        load_weights(model, without_aux_modules(weights, manifest), ckpt)
         source = f"{manifest['deepspeed']} {ckpt.name}"
     elif manifest["lora"]:
         source = "adapter"  # PeftModel.from_pretrained loaded final/; the comparison below catches dropped keys
@@ -181,6 +182,12 @@ def load_trained(base: torch.nn.Module, manifest: dict, run_dir: Path) -> Traine
         load_weights(model, saved, final)
         source = "final"
     return Trained(model, source, checkpoint, diff_against_saved(model, saved, final, manifest["lora"]))
+
+
+def without_aux_modules(weights: dict[str, torch.Tensor], manifest: dict) -> dict[str, torch.Tensor]:
+    """Drop what the engine trained beside the model (PPO's value head), named in sumrl_run.json's aux_modules."""
+    prefixes = tuple(f"{name}." for name in manifest.get("aux_modules", ()))
+    return {k: v for k, v in weights.items() if not k.startswith(prefixes)} if prefixes else weights
 
 
 def attach_adapter(base: torch.nn.Module, final: Path):

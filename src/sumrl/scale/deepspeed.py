@@ -73,6 +73,56 @@ def trainer_kwargs(params: dict) -> dict:
     return {} if config is None else {"deepspeed": config}
 
 
+def rl_deepspeed_config(params: dict, model) -> dict | None:
+    """The ZeRO config for the RL stage's own engine, its "auto" values filled as the HF Trainer fills them
+    for SFT and reward (the RL loop has no Trainer): batch sizes from rl.*, clipping from rl.max_grad_norm,
+    bf16 from the model's dtype, bucket sizes from its hidden size. None when DeepSpeed is off."""
+    import torch
+
+    config = load_deepspeed_config(params)
+    if config is None:
+        return None
+    rl = params["rl"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    mini_batch = rl["rollout_batch_size"] // world // rl["mini_batches"]
+    micro = min(rl["micro_batch_size"] or mini_batch, mini_batch)
+    accumulation = -(-mini_batch // micro)
+    hidden = model.config.hidden_size
+    auto = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * world,
+        "gradient_clipping": rl["max_grad_norm"],
+        "bf16.enabled": next(model.parameters()).dtype == torch.bfloat16,
+        "fp16.enabled": False,
+        "zero_optimization.reduce_bucket_size": hidden * hidden,
+        "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+        "zero_optimization.stage3_param_persistence_threshold": 10 * hidden,
+        # The offload configs name DeepSpeed's own (CPU) AdamW: the same settings as torch's in rl/engine.py.
+        "optimizer.params.lr": rl["learning_rate"],
+        "optimizer.params.betas": [0.9, 0.999],
+        "optimizer.params.eps": 1e-6,
+        "optimizer.params.weight_decay": 0.01,
+    }
+    return fill_auto(config, auto, deepspeed_config_path(params))
+
+
+def fill_auto(config: dict, values: dict, where: Path, prefix: str = "") -> dict:
+    """`config` with every "auto" replaced from `values` (keys are dotted paths); an "auto" left over is an error."""
+    out = {}
+    for key, value in config.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out[key] = fill_auto(value, values, where, dotted + ".")
+        elif value == "auto":
+            if dotted not in values:
+                raise ParamsError(f"{where}: {dotted}: 'auto' has no value the RL stage can fill in")
+            out[key] = values[dotted]
+        else:
+            out[key] = value
+    return out
+
+
 def prepare_distributed_env(params: dict) -> None:
     """Make a plain `python` process a world of one, so DeepSpeed runs without a launcher.
 
