@@ -189,6 +189,20 @@ def test_rl_deepspeed_config_fills_every_auto_from_the_rl_params(mode):
         assert config["optimizer"]["params"]["lr"] == params["rl"]["learning_rate"]
 
 
+@pytest.mark.parametrize("trained_dtype,bf16", [("float32", False), ("bfloat16", True)])
+def test_rl_deepspeed_config_takes_bf16_from_what_trains(trained_dtype, bf16):
+    """A bf16 base with peft's fp32 adapter trains in fp32, as without DeepSpeed: bf16 mode would cast the adapter
+    to bf16 (this took a different first step on SmolLM2, max 1.3e-3 on adapter weights of max 0.042)."""
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.bfloat16), torch.nn.Linear(4, 4))
+    model[0].requires_grad_(False)
+    model[1].to(getattr(torch, trained_dtype))
+    model.config = _Model.config
+    config = ds.rl_deepspeed_config(mode_params("zero2"), model)
+    assert config["bf16"]["enabled"] is bf16
+
+
 def test_rl_deepspeed_config_names_an_auto_it_cannot_fill(tmp_path):
     with pytest.raises(ParamsError, match=r"ds.json: zero_optimization.new_knob: 'auto'"):
         ds.fill_auto({"zero_optimization": {"stage": 2, "new_knob": "auto"}}, {}, tmp_path / "ds.json")

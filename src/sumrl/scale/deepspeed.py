@@ -76,7 +76,7 @@ def trainer_kwargs(params: dict) -> dict:
 def rl_deepspeed_config(params: dict, model) -> dict | None:
     """The ZeRO config for the RL stage's own engine, its "auto" values filled as the HF Trainer fills them
     for SFT and reward (the RL loop has no Trainer): batch sizes from rl.*, clipping from rl.max_grad_norm,
-    bf16 from the model's dtype, bucket sizes from its hidden size. None when DeepSpeed is off."""
+    bf16 from the trained weights' dtype, bucket sizes from the hidden size. None when DeepSpeed is off."""
     import torch
 
     config = load_deepspeed_config(params)
@@ -93,7 +93,9 @@ def rl_deepspeed_config(params: dict, model) -> dict | None:
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro * accumulation * world,
         "gradient_clipping": rl["max_grad_norm"],
-        "bf16.enabled": next(model.parameters()).dtype == torch.bfloat16,
+        # What trains decides: peft keeps a LoRA adapter in fp32 on a bf16 base, and DeepSpeed's bf16 mode would
+        # cast it to bf16 (with fp32 master weights), training other numbers than the one-process path.
+        "bf16.enabled": any(p.requires_grad and p.dtype == torch.bfloat16 for p in model.parameters()),
         "fp16.enabled": False,
         "zero_optimization.reduce_bucket_size": hidden * hidden,
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
