@@ -6,7 +6,7 @@
         advantages     <- the method's (moving-average / leave-one-out baseline, or GAE)
         for epoch, mini-batch:
             loss       <- the method's loss on fresh log pi (and V)
-            step the optimizer on the LoRA adapter (and value head)
+            step the optimizer on the LoRA adapter (and value head): plain torch or DeepSpeed (rl/engine.py)
         log reward, KL, entropy, length, EOS rate, loss, clip fraction, value loss, seconds
         checkpoint every rl.checkpoint_every steps (resumed automatically after a kill)
 """
@@ -128,12 +128,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
 
     summary = {"method": method_name, "seed": seed, "steps": num_steps, "resumed_from": start,
                "seconds": round(time.perf_counter() - t_run, 1)}
-    state = {"step": num_steps, "fingerprint": fingerprint, "method": method.state_dict()}
-    if engine.zero_stage:  # the last ZeRO checkpoint is what `consolidate` rebuilds the weights from
-        engine.save(ckpt_dir, state)
-    with engine.full_weights():  # ZeRO-3: every process takes part in gathering the adapter's partitions
-        if main:
-            policy.save_pretrained(str(ckpt_dir / "final"), safe_serialization=True)
+    save_final(engine, policy, ckpt_dir, {"step": num_steps, "fingerprint": fingerprint, "method": method.state_dict()})
     if main:
         write_run(out_dir, ckpt_dir, tokenizer, {
             **summary, "stage": "rl", "task": "causal_lm", "base": sft_dir, "num_labels": None, "reward": None,
@@ -141,6 +136,16 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
             "aux_modules": [VALUE_HEAD] if _value_head(policy) is not None else [], "rl": cfg,
         })
     return summary
+
+
+def save_final(engine, policy, ckpt_dir: Path, state: dict) -> None:
+    """The trained adapter to ckpt_dir/final (and, under DeepSpeed, the last ZeRO checkpoint beside it, which is
+    what `consolidate` rebuilds the weights from). Every process calls this: ZeRO saves and gathers are collective."""
+    if engine.zero_stage:
+        engine.save(ckpt_dir, state)
+    with engine.full_weights():  # ZeRO-3: the adapter's partitions, gathered
+        if engine.rank == 0:
+            policy.save_pretrained(str(ckpt_dir / "final"), safe_serialization=True)
 
 
 def write_run(out_dir: Path, ckpt_dir: Path, tokenizer, manifest: dict) -> None:
