@@ -41,23 +41,32 @@ def policies(params: dict) -> list[str]:
     return [*FIXED_POLICIES, *(rl_policy(m, s) for m in rl["methods"] for s in rl["seeds"])]
 
 
+def split_rl_policy(name: str) -> dict[str, str] | None:
+    """`<method>_s<seed>` -> {"method", "seed"} (the fields of RL and RL_RUN), or None for another shape."""
+    method, _, seed = name.rpartition("_s")
+    return {"method": method, "seed": seed} if method and seed.isdigit() else None
+
+
 def policy_dir(name: str) -> str:
     if name in FIXED_POLICIES:
         return FIXED_POLICIES[name]
-    method, _, seed = name.rpartition("_s")
-    if not method or not seed.isdigit():
+    fields = split_rl_policy(name)
+    if fields is None:
         raise ValueError(f"unknown policy '{name}': expected base, sft or <method>_s<seed>")
-    return RL.format(method=method, seed=seed)
+    return RL.format(**fields)
+
+
+TRAINED_RUNS = {"sft": (SFT_RUN, SFT), "reward": (REWARD_RUN, REWARD)}
 
 
 def trained_run(stage: str) -> tuple[str, str, str]:
     """`sumrl consolidate --stage X`: (run folder, consolidated folder, the stage its sumrl_run.json names)."""
-    if stage in ("sft", "reward"):
-        return f"models/{stage}_run", f"models/{stage}", stage
-    method, _, seed = stage.rpartition("_s")
-    if method not in ("reinforce", "rloo", "ppo") or not seed.isdigit():
+    if stage in TRAINED_RUNS:
+        return (*TRAINED_RUNS[stage], stage)
+    fields = split_rl_policy(stage)
+    if fields is None or fields["method"] not in ("reinforce", "rloo", "ppo"):
         raise ValueError(f"unknown trained stage '{stage}': expected sft, reward or <method>_s<seed>")
-    return RL_RUN.format(method=method, seed=seed), RL.format(method=method, seed=seed), "rl"
+    return RL_RUN.format(**fields), RL.format(**fields), "rl"
 
 
 @dataclass(frozen=True)

@@ -72,10 +72,10 @@ def run(params: dict, args) -> None:
     from sumrl import runtime
 
     runtime.setup(params["seed"], params["compute"]["threads"], "cpu")
-    run_dir, out_dir, kind = (Path(p) for p in trained_run(args.stage))
+    run_dir, out_dir, kind = trained_run(args.stage)
     report_path = Path(CONSOLIDATION.format(stage=args.stage))
     try:
-        report = consolidate(run_dir, out_dir, str(kind), params["compute"]["trust_remote_code"])
+        report = consolidate(Path(run_dir), Path(out_dir), kind, params["compute"]["trust_remote_code"])
     except DataError as exc:  # ConsolidationError included; a report says why the folder is missing
         write_json(report_path, {**getattr(exc, "report", {}), "ok": False, "stage": args.stage, "error": str(exc)})
         raise
