@@ -1,15 +1,17 @@
-"""One RLOO step of sumrl against trl.RLOOTrainer, same settings, in one run; prints episodes/s and peak memory.
+"""RLOO steps of sumrl against trl.RLOOTrainer, same settings, in one run; prints episodes/s and peak memory.
 
 Same policy (SmolLM2-135M-Instruct from models/base, or --model), same prompts (ACLSum abstracts formatted by
 sumrl's PromptFormat), same k, completion length, LoRA config, KL coefficient, temperature, weight dtype
 (--dtype, both sides) and reward model (models/reward if present, else a fresh scalar head on the base model).
 Each side runs in its own process so peak RSS is its own; each does `--warmup` untimed steps, then `--steps`
-timed steps. sumrl runs twice: the whole rollout in one forward/backward, and in micro-batches of --micro
-completions (rl.micro_batch_size: the same gradient, less activation memory). trl runs with its defaults
-(gradient checkpointing on).
+timed steps, and reports the mean completion length it sampled (both sample, so lengths differ a little).
+sumrl runs the step `sumrl rl` runs (rl.loop.rl_step) twice: the whole rollout in one forward/backward (one
+epoch, one mini-batch: that forward is also pi_old), and in micro-batches of --micro completions
+(rl.micro_batch_size: the same gradient, less activation memory, one more no-grad pass for pi_old).
+trl runs with its defaults (gradient checkpointing on).
 
     .venv/bin/python bench/bench_rloo_vs_trl.py            # after `make run` (uses models/base, models/reward)
-    .venv/bin/python bench/bench_rloo_vs_trl.py --steps 2
+    .venv/bin/python bench/bench_rloo_vs_trl.py --steps 5
 """
 
 from __future__ import annotations
@@ -65,12 +67,12 @@ def reward_dir(model_dir: str, workdir: Path) -> str:
 def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, micro: int | None) -> dict:
     import torch
 
+    from sumrl.data.prompts import PromptFormat
     from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
     from sumrl.params import load_params
-    from sumrl.data.prompts import PromptFormat
-    from sumrl.rl.core import add_lora, rollout
+    from sumrl.rl.core import add_lora
     from sumrl.rl.engine import PlainEngine
-    from sumrl.rl.loop import update
+    from sumrl.rl.loop import rl_step
     from sumrl.rl.methods import build_method
 
     torch.set_num_threads(cfg["threads"])
@@ -79,24 +81,24 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
         f"rl.rloo.k={cfg['k']}", f"rl.kl_coef={cfg['kl_coef']}", f"rl.max_new_tokens={cfg['max_new_tokens']}",
         f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1",
         f"rl.micro_batch_size={'null' if micro is None else micro}", f"model.dtype={cfg['dtype']}"])
-    rl = params["rl"]
+    rl = {**params["rl"], "learning_rate": cfg["learning_rate"]}
     tok = load_tokenizer(model_dir)
     policy = add_lora(load_policy(model_dir, params), {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"],
                                                        "dropout": 0.0, "target_modules": cfg["target_modules"]})
     rm, meta = load_reward_model(rm_dir, params)
     rm_tok = load_tokenizer(rm_dir)
     method = build_method("rloo", rl)
-    engine = PlainEngine(policy, {**rl, "learning_rate": cfg["learning_rate"]})
+    engine = PlainEngine(policy, rl)
+    fmt = PromptFormat.from_params(tok, params)
     prompts = [p for p in load_prompts(model_dir, cfg["prompts_per_step"]) for _ in range(cfg["k"])]
-    times = []
+    times, lengths = [], []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, rm_tok, meta["kind"], prompts, rl)
-        adv, extra = method.advantages(batch)
-        update(engine, None, method, batch, adv, extra, rl)
+        _, stats, _, _ = rl_step(engine, policy, method, fmt, rm, rm_tok, meta["kind"], prompts, rl)  # `sumrl rl`'s step
         if step >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"step_seconds": times}
+            lengths.append(stats["length"])
+    return {"step_seconds": times, "completion_length": lengths}
 
 
 def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, micro: None = None) -> dict:
@@ -115,6 +117,7 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, mic
     dtype = getattr(torch, cfg["dtype"])
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, dtype=dtype)
     stamps: list[float] = []
+    lengths: list[float] = []
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
@@ -122,6 +125,10 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, mic
 
         def on_step_end(self, args, state, control, **kw):
             stamps.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(logs["completions/mean_length"])
 
     with tempfile.TemporaryDirectory() as out:
         config = RLOOConfig(
@@ -140,7 +147,8 @@ def run_trl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, mic
         )
         trainer.train()
     spans = [stamps[i + 1] - stamps[i] for i in range(0, len(stamps) - 1, 2)]
-    return {"step_seconds": spans[warmup:], "gradient_checkpointing": config.gradient_checkpointing}
+    return {"step_seconds": spans[warmup:], "completion_length": lengths[warmup:],
+            "gradient_checkpointing": config.gradient_checkpointing}
 
 
 def child(args) -> None:
@@ -158,7 +166,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--tokens", type=int, default=64, help="completion length")
-    ap.add_argument("--steps", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per side (one step varies by ~15%% here)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
@@ -189,14 +197,15 @@ def main() -> None:
             results[side] = json.loads(line[0][7:])
     episodes = cfg["k"] * cfg["prompts_per_step"]
     print(f"settings: {json.dumps(cfg)}")
-    print(f"{'':12s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s} {'speed vs trl':>13s} {'memory vs trl':>14s}")
+    print(f"{'':12s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s} {'speed vs trl':>13s} {'memory vs trl':>14s}"
+          f" {'completion length':>18s}")
     trl = results["trl"]
     for r in results.values():
         r["episodes_per_s"] = episodes * len(r["step_seconds"]) / sum(r["step_seconds"])
     for side, r in results.items():
         speed, mem = r["episodes_per_s"] / trl["episodes_per_s"], r["peak_rss_gb"] / trl["peak_rss_gb"]
         print(f"{side:12s} {episodes / r['episodes_per_s']:8.2f} {r['episodes_per_s']:11.3f} {r['peak_rss_gb']:12.2f}"
-              f" {speed:12.2f}x {mem:13.2f}x")
+              f" {speed:12.2f}x {mem:13.2f}x {sum(r['completion_length']) / len(r['completion_length']):18.1f}")
     print("targets: speed >= 2.0x, memory <= 0.7x")
     print(f"trl gradient_checkpointing: {trl.get('gradient_checkpointing')}")
 

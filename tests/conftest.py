@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -56,3 +58,23 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repo on CI and dev machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def rl_inputs(tmp_path_factory, tiny_model_dir):
+    """An RM with a fresh head on the tiny model, and RL prompts from the real ACLSum abstracts."""
+    from aclsum import ACLSum
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("rl")
+    for kind, n in (("scalar", 1), ("probabilistic", 10)):
+        torch.manual_seed(0)
+        rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=n)
+        rm.config.pad_token_id = 0
+        rm.save_pretrained(root / f"rm_{kind}")
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / f"rm_{kind}")
+        (root / f"rm_{kind}" / "sumrl_reward.json").write_text(json.dumps({"kind": kind, "num_scores": n}))
+    with open(root / "rl.jsonl", "w") as fh:
+        for doc in list(ACLSum("val"))[:6]:
+            fh.write(json.dumps({"id": doc.id, "document": " ".join(doc.sentences["abstract"])[:400]}) + "\n")
+    return root

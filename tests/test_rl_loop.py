@@ -7,7 +7,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from sumrl import runtime
 from sumrl.params import load_params
@@ -15,25 +14,6 @@ from sumrl.rl.loop import train
 from sumrl.scale.consolidate import consolidate
 
 from conftest import ROOT, TINY_OVERRIDES
-
-
-@pytest.fixture(scope="module")
-def rl_inputs(tmp_path_factory, tiny_model_dir):
-    """An RM with a fresh head on the tiny model, and RL prompts from the real ACLSum abstracts."""
-    from aclsum import ACLSum
-
-    root = tmp_path_factory.mktemp("rl")
-    for kind, n in (("scalar", 1), ("probabilistic", 10)):
-        torch.manual_seed(0)
-        rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=n)
-        rm.config.pad_token_id = 0
-        rm.save_pretrained(root / f"rm_{kind}")
-        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(root / f"rm_{kind}")
-        (root / f"rm_{kind}" / "sumrl_reward.json").write_text(json.dumps({"kind": kind, "num_scores": n}))
-    with open(root / "rl.jsonl", "w") as fh:
-        for doc in list(ACLSum("val"))[:6]:
-            fh.write(json.dumps({"id": doc.id, "document": " ".join(doc.sentences["abstract"])[:400]}) + "\n")
-    return root
 
 
 def _params(tiny_model_dir, *extra):
@@ -141,7 +121,7 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
         engine.optimizer = torch.optim.SGD(engine.trainable, lr=1.0)  # lr 1: the change is the clipped gradient
         m = build_method(method, cfg)
         torch.manual_seed(1)
-        batch, _, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, tok, meta["kind"],
+        batch, _ = rollout(policy, PromptFormat.from_params(tok, params), rm, tok, meta["kind"],
                               [p for p in prompts for _ in range(2)], cfg, value_head)
         # The tiny model never samples EOS: end the completions at different lengths, as EOS would.
         lengths = torch.tensor([12, 9, 5, 2])
@@ -159,3 +139,48 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
     for g_whole, g_micro in zip(whole, micro):
         torch.testing.assert_close(g_micro, g_whole, rtol=1e-4, atol=1e-7)
     assert max(g.abs().max().item() for g in whole) > 0
+
+
+@pytest.mark.parametrize("method", ["rloo", "ppo"])
+def test_single_update_reuses_its_forward_as_pi_old_and_takes_the_same_step(method, tiny_model_dir, rl_inputs):
+    """With one epoch and one mini-batch, rl_step takes pi_old (and PPO's values) from the update's own
+    forward instead of a separate pass. Splitting the batch into micro-batches turns that off; the step
+    must be the same either way."""
+    from sumrl.data.prompts import PromptFormat
+    from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
+    from sumrl.rl.core import ValueHead, add_lora
+    from sumrl.rl.engine import PlainEngine
+    from sumrl.rl.loop import is_single_update, rl_step
+    from sumrl.rl.methods import build_method
+
+    params = _params(tiny_model_dir, "rl.mini_batches=1", "rl.epochs=1", "rl.rollout_batch_size=4", "rl.rloo.k=2")
+    runtime.setup(0, 2)
+    tok = load_tokenizer(str(tiny_model_dir))
+    rm, meta = load_reward_model(str(rl_inputs / "rm_scalar"), params)
+    fmt = PromptFormat.from_params(tok, params)
+    prompts = [fmt.prompt(json.loads(line)["document"]) for line in open(rl_inputs / "rl.jsonl")][:2]
+    rows = [p for p in prompts for _ in range(2)] if method == "rloo" else prompts * 2
+
+    def one_step(micro_batch_size):
+        cfg = {**params["rl"], "micro_batch_size": micro_batch_size}
+        torch.manual_seed(0)
+        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg["lora"])
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02)
+        if method == "ppo":
+            policy.add_module("value_head", ValueHead(policy.config.hidden_size))
+            torch.nn.init.normal_(policy.value_head.linear.weight, std=0.02)
+        engine = PlainEngine(policy, cfg)
+        torch.manual_seed(1)
+        batch, _, losses, _ = rl_step(engine, policy, build_method(method, cfg), fmt, rm, tok, meta["kind"], rows, cfg)
+        return is_single_update(cfg, len(rows)), batch, losses, [p.detach().clone() for p in engine.trainable]
+
+    single, batch, loss, weights = one_step(None)
+    split, split_batch, split_loss, split_weights = one_step(3)
+    assert single and not split
+    assert torch.equal(batch.completion_ids, split_batch.completion_ids)
+    torch.testing.assert_close(batch.logp, split_batch.logp, rtol=1e-5, atol=1e-6)
+    assert loss == pytest.approx(split_loss, rel=1e-5, abs=1e-7)
+    for a, b in zip(weights, split_weights):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

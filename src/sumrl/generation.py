@@ -80,10 +80,16 @@ def generate(
     prompt_ids = _pad_cat([c[0] for c in chunks], tokenizer.pad_token_id, left=True)
     prompt_mask = _pad_cat([c[1] for c in chunks], 0, left=True)
     completion_ids = _pad_cat([c[2] for c in chunks], tokenizer.pad_token_id, left=False)
+    return Completions(prompt_ids, prompt_mask, *finish_completions(tokenizer, completion_ids))
+
+
+def finish_completions(tokenizer, completion_ids: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Sampled ids [B, T] -> (ids with pad after the first EOS, mask, has_eos, decoded texts)."""
     mask, has_eos = completion_mask(completion_ids, tokenizer.eos_token_id)
     completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(completion_ids * mask + tokenizer.pad_token_id * (1 - mask), skip_special_tokens=True)
-    return Completions(prompt_ids, prompt_mask, completion_ids, mask, has_eos, [t.strip() for t in texts])
+    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return completion_ids, mask, has_eos, [t.strip() for t in texts]
 
 
 def _pad_cat(tensors: list[torch.Tensor], value: int, left: bool) -> torch.Tensor:

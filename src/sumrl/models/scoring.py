@@ -61,8 +61,12 @@ def score_texts(reward_model, tokenizer, texts: list[str], kind: str, batch_size
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] per position: [B, T, V], [B, T] -> [B, T]."""
-    return torch.gather(logits.log_softmax(-1), 2, targets.unsqueeze(-1)).squeeze(-1)
+    """log softmax(logits)[target] per position: [B, T, V], [B, T] -> [B, T].
+
+    As logit[target] - logsumexp(logits): the [B, T, V] log-softmax is never materialized (at a 50k
+    vocabulary it is the largest tensor of the pass, and its backward another).
+    """
+    return torch.gather(logits, 2, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def completion_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_len: int,

@@ -96,13 +96,9 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         runtime.seed_everything(seed * 100_003 + step + 7_919_111 * engine.rank)
         step_prompts = _prompts_for_step(prompts, step, prompts_per_step, seed)
         mine = step_prompts[engine.rank::engine.world_size]  # data parallel: each process its share of prompts
-        with engine.full_weights():
-            batch, _, stats = rollout(policy, fmt, reward_model, rm_tokenizer, rm_meta["kind"],
-                                      [p for p in mine for _ in range(k)], cfg, _value_head(policy))
-        adv, extra = method.advantages(batch)
+        batch, stats, losses, extras = rl_step(engine, policy, method, fmt, reward_model, rm_tokenizer,
+                                               rm_meta["kind"], [p for p in mine for _ in range(k)], cfg)
         seq_kl = F.sequence_kl(batch.logp, batch.ref_logp, batch.mask)
-
-        losses, extras = update(engine, _value_head(policy), method, batch, adv, extra, cfg)
 
         if logger:
             logger.log({
@@ -112,7 +108,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
                 "reward_std": batch.scores.std().item() if len(batch) > 1 else 0.0,
                 "score_mean": stats["score_mean"],
                 "kl": seq_kl.mean().item(),
-                "entropy": stats["entropy"],
+                "entropy": F.masked_mean(batch.entropy, batch.mask).item(),
                 "length": stats["length"],
                 "eos_rate": stats["eos_rate"],
                 "loss": sum(losses) / len(losses),
@@ -167,23 +163,58 @@ def _value_head(policy) -> ValueHead | None:
     return policy._modules.get(VALUE_HEAD)
 
 
-def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict) -> tuple[list[float], list[dict]]:
+def rl_step(engine, policy, method: Method, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str,
+            prompts: list[str], cfg: dict) -> tuple:
+    """One iteration on this process's `prompts` (each repeated k times): rollout, advantages, update.
+    Returns the rollout, its stats, and the losses and loss stats of each optimizer step."""
+    value_head = _value_head(policy)
+    single = is_single_update(cfg, len(prompts))
+    with engine.full_weights():
+        batch, stats = rollout(policy, fmt, reward_model, rm_tokenizer, rm_kind, prompts, cfg, value_head,
+                               with_pi_old=not single)
+    on_policy_pass = None
+    if single:  # the update's one forward, taken before the advantages: pi_theta is pi_old here
+        on_policy_pass = policy_pass(engine, value_head, batch, cfg)
+        batch = batch.with_policy(*on_policy_pass)
+    adv, extra = method.advantages(batch)
+    losses, extras = update(engine, value_head, method, batch, adv, extra, cfg, on_policy_pass)
+    return batch, stats, losses, extras
+
+
+def is_single_update(cfg: dict, rows: int) -> bool:
+    """One epoch, one mini-batch, no micro-batches: the update's forward is on the rollout's own weights."""
+    return cfg["epochs"] == 1 and cfg["mini_batches"] == 1 and (cfg["micro_batch_size"] or rows) >= rows
+
+
+def policy_pass(engine, value_head, batch, cfg: dict, rows: torch.Tensor | None = None):
+    """log pi and V of `rows` of the rollout (all of it by default), with gradients."""
+    engine.model.train()
+    if rows is None:
+        return forward_completion(engine.model, batch.prompts, batch.completion_ids, cfg["temperature"], value_head)
+    return forward_completion(engine.model, batch.prompts.select(rows), batch.completion_ids[rows],
+                              cfg["temperature"], value_head)
+
+
+def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict, on_policy_pass=None
+           ) -> tuple[list[float], list[dict]]:
     """rl.epochs passes over the rollout in rl.mini_batches shuffled mini-batches, one optimizer step each.
 
     A mini-batch's gradient is accumulated over micro-batches of rl.micro_batch_size completions, each
     loss weighted by its share of the mini-batch (method.loss_weight), so the step is the same as one
     pass over the whole mini-batch while only one micro-batch's activations are alive at a time.
+    With a single update (`is_single_update`), `on_policy_pass` is that whole-rollout forward, already
+    taken to give pi_old: it is reused, not recomputed. Mini-batches hold whole prompts' groups of k
+    completions, so each prompt still runs once per micro-batch.
     """
     engine.model.train()
     losses, extras = [], []
     for _epoch in range(cfg["epochs"]):
-        for idx in torch.randperm(len(batch)).chunk(cfg["mini_batches"]):
+        for idx in _mini_batches(len(batch), method.samples_per_prompt, cfg["mini_batches"],
+                                 shuffle=on_policy_pass is None):
             loss_sum, stats = 0.0, {}
             micros = idx.split(cfg["micro_batch_size"] or len(idx))
             for i, micro in enumerate(micros):
-                logp, values, _ = forward_completion(engine.model, batch.input_ids[micro],
-                                                     batch.attention_mask[micro], batch.completion_len,
-                                                     cfg["temperature"], value_head)
+                logp, values = on_policy_pass or policy_pass(engine, value_head, batch, cfg, micro)
                 loss, loss_stats = method.loss(logp * batch.mask[micro], batch, micro, adv, extra, values)
                 weight = method.loss_weight(batch, micro, idx)
                 engine.backward(loss * weight, boundary=i == len(micros) - 1)
@@ -194,6 +225,12 @@ def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict) -> 
             losses.append(loss_sum)
             extras.append(stats)
     return losses, extras
+
+
+def _mini_batches(n: int, k: int, count: int, shuffle: bool) -> list[torch.Tensor]:
+    """Row indices of `count` mini-batches; rows come in groups of k (one prompt's completions), kept whole."""
+    groups = torch.randperm(n // k) if shuffle else torch.arange(n // k)
+    return [rows.flatten() for rows in (groups[:, None] * k + torch.arange(k)).chunk(count)]
 
 
 def _prompts_for_step(prompts: list[str], step: int, n: int, seed: int) -> list[str]:

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from sumrl.rl.prefix import PromptGroups
 
 
 @dataclass
 class Rollout:
     """One batch of sampled completions and everything computed on it before any update."""
 
-    input_ids: torch.Tensor     # [N, P+T]
-    attention_mask: torch.Tensor
+    prompts: PromptGroups       # the unique prompts, and which one each row continues
+    completion_ids: torch.Tensor  # [N, T] pad after the first EOS
     mask: torch.Tensor          # [N, T] completion tokens up to and including EOS
     has_eos: torch.Tensor       # [N]
-    logp: torch.Tensor          # [N, T] log pi_old, at the sampling temperature
+    logp: torch.Tensor | None   # [N, T] log pi_old at the sampling temperature (None until with_policy)
     ref_logp: torch.Tensor      # [N, T] log pi_ref (adapter disabled)
     scores: torch.Tensor        # [N] RM score after the missing-EOS penalty
     sigma: torch.Tensor         # [N] RM spread (0 for a scalar RM)
-    values: torch.Tensor | None = None  # [N, T] PPO value head
+    values: torch.Tensor | None = None   # [N, T] PPO value head
+    entropy: torch.Tensor | None = None  # [N, T] entropy of the sampling distribution (logged)
+
+    def with_policy(self, logp: torch.Tensor, values: torch.Tensor | None) -> Rollout:
+        """The batch with pi_old (and V) filled in, masked after EOS and off the graph."""
+        masked = lambda x: None if x is None else x.detach() * self.mask  # noqa: E731
+        return replace(self, logp=masked(logp), values=masked(values))
 
     @property
     def completion_len(self) -> int:
         return self.mask.size(1)
 
     def __len__(self) -> int:
-        return self.input_ids.size(0)
+        return self.completion_ids.size(0)
 
 
 class Method:
