@@ -157,3 +157,30 @@ def test_inverse_cdf_sampling_draws_from_the_softmax():
     freq = torch.bincount(draws, minlength=4).float() / draws.numel()
     torch.testing.assert_close(freq, probs[0], atol=0.01, rtol=0)
     assert sample_categorical(torch.tensor([[0.0, 0.0, 1.0]] * 100)).eq(2).all()  # zero-probability tokens never
+
+
+def test_gpt_neo_local_attention_layers_match_each_sequence_run_alone(tiny_model_dir):
+    """The TL;DR presets' GPT-Neo alternates global and local (windowed) attention, masked inside its
+    attention module in the left-padded coordinates; a window shorter than the prompts exercises it."""
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    torch.manual_seed(0)
+    config = GPTNeoConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, window_size=5,
+                          attention_types=[[["global", "local"], 1]], max_position_embeddings=256,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    policy = GPTNeoForCausalLM(config).eval()
+    policy.add_module("value_head", ValueHead(config.hidden_size))
+    torch.nn.init.normal_(policy.value_head.linear.weight, std=0.1)
+    groups, rows, completions = _batch(tok)
+    with torch.no_grad():
+        logp, values = forward_completion(policy, groups, completions, 1.0, policy.value_head)
+        ref_logp, ref_values = _one_by_one(policy, rows, completions)
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(values, ref_values, rtol=1e-5, atol=1e-5)
+    ours, _ = sample(policy, groups, 8, 1e-4, eos_id=-1, pad_id=tok.pad_token_id)
+    for row, prompt in enumerate(rows):
+        ids = torch.tensor([prompt])
+        greedy = policy.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8,
+                                 do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
+        assert ours[row].tolist() == greedy[0, ids.size(1):].tolist()
