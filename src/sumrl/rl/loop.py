@@ -1,6 +1,6 @@
 """`sumrl rl --method M --seed S`: one readable loop shared by every method.
 
-    for each step:
+    for each step:                                                    (rl_step is one iteration)
         prompts        <- the next rollout_batch_size / k prompts (k samples each)
         rollout        <- sample y ~ pi(.|x); log pi_old, log pi_ref, V (PPO); score r_phi(x, y) - EOS penalty
         advantages     <- the method's (moving-average / leave-one-out baseline, or GAE)
@@ -9,6 +9,9 @@
             step the optimizer on the LoRA adapter (and value head): plain torch or DeepSpeed (rl/engine.py)
         log reward, KL, entropy, length, EOS rate, loss, clip fraction, value loss, seconds
         checkpoint every rl.checkpoint_every steps (resumed automatically after a kill)
+
+Every pass runs each prompt once, however many completions it has (rl/prefix.py). With one epoch and one
+mini-batch the update's forward is taken first and serves as pi_old (and V): no separate pass.
 """
 
 from __future__ import annotations
