@@ -339,3 +339,6 @@ if __name__ == "__main__":
     base_dir, out_root, *names = sys.argv[1:]
     for run_name in names:
         train_run(Path(base_dir), Path(out_root) / run_name, *RUNS[run_name])
+    from sumrl.runtime import close_distributed
+
+    close_distributed()  # two ranks under torchrun: an open gloo group at exit can abort one of them

@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, JudgeError) as exc:
         print(f"sumrl {args.command}: {exc}", file=sys.stderr)
         return 3
+    finally:
+        if "torch.distributed" in sys.modules:  # a stage that ran under a launcher joined a process group
+            from sumrl.runtime import close_distributed
+
+            close_distributed()
     return 0
 
 

@@ -46,3 +46,13 @@ def redirect_caches(root: str | os.PathLike) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, str(value))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def close_distributed() -> None:
+    """Leave the process group, if one was joined, before the interpreter exits.
+
+    A gloo group still open at exit can abort a rank (`terminate called without an active exception`,
+    exit code -6) after the stage's work is saved, and the launcher then fails the whole run.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
