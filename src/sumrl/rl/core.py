@@ -8,6 +8,8 @@ the SFT adapter was merged into the SFT weights by `consolidate` before RL start
 
 from __future__ import annotations
 
+import os
+
 import torch
 from peft import get_peft_model
 
@@ -71,8 +73,9 @@ def score_completions(reward_model, rm_tokenizer, prompts: list[str], texts: lis
     if head is None:
         return score_texts(reward_model, rm_tokenizer, full, kind, batch_size=len(full))
     encode = lambda batch: rm_tokenizer(batch, add_special_tokens=False).input_ids  # noqa: E731
-    ids, alone = encode(full), dict(zip(set(prompts), encode(list(set(prompts)))))
-    prefix = [min(_common_prefix(row, alone[p]), len(row) - 1) for row, p in zip(ids, prompts)]
+    unique = list(dict.fromkeys(prompts))
+    ids, alone = encode(full), dict(zip(unique, encode(unique)))
+    prefix = [min(len(os.path.commonprefix([row, alone[p]])), len(row) - 1) for row, p in zip(ids, prompts)]
     groups = PromptGroups.from_token_lists([row[:n] for row, n in zip(ids, prefix)])
     tails = [row[n:] for row, n in zip(ids, prefix)]
     width = max(len(t) for t in tails)
@@ -81,15 +84,6 @@ def score_completions(reward_model, rm_tokenizer, prompts: list[str], texts: lis
     last = torch.tensor([len(t) - 1 for t in tails], device=hidden.device)
     r, s = rewards_from_logits(head(hidden[torch.arange(len(tails), device=hidden.device), last]), kind)
     return r, s
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 @torch.no_grad()

@@ -192,10 +192,9 @@ def is_single_update(cfg: dict, rows: int) -> bool:
 def policy_pass(engine, value_head, batch, cfg: dict, rows: torch.Tensor | None = None):
     """log pi and V of `rows` of the rollout (all of it by default), with gradients."""
     engine.model.train()
-    if rows is None:
-        return forward_completion(engine.model, batch.prompts, batch.completion_ids, cfg["temperature"], value_head)
-    return forward_completion(engine.model, batch.prompts.select(rows), batch.completion_ids[rows],
-                              cfg["temperature"], value_head)
+    prompts, completions = ((batch.prompts, batch.completion_ids) if rows is None
+                            else (batch.prompts.select(rows), batch.completion_ids[rows]))
+    return forward_completion(engine.model, prompts, completions, cfg["temperature"], value_head)
 
 
 def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict, on_policy_pass=None

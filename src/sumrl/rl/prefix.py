@@ -120,7 +120,7 @@ def _check_full_attention(config) -> None:
 
 def prompt_cache(model, groups: PromptGroups, capacity: int = 0, **kwargs) -> PromptCache:
     """Run each unique prompt once and lay its keys/values out for its rows. `model` is a trunk, or a
-    whole model (then pass logits_to_keep=1: the prompt's own logits are never needed)."""
+    whole model (then pass logits_to_keep: the prompt's own logits are never needed)."""
     inner = unwrap(model)
     _check_full_attention(inner.config)
     device = _device(inner)
