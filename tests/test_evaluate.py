@@ -14,6 +14,7 @@ import torch
 from sumrl.artifacts import DataError, read_json, read_jsonl, write_jsonl
 from sumrl.evaluate import generate, metrics
 from sumrl.params import deep_merge
+from sumrl.models.load import load_tokenizer
 
 # ---- metric functions ------------------------------------------------------------------------------
 
@@ -58,15 +59,15 @@ def test_sequence_kl_sums_unmasked_tokens_only():
 def test_eos_rate_and_aggregate():
     examples = [
         {"rouge1": 0.5, "rouge2": 0.2, "rougeL": 0.4, "reward": 1.0, "sigma": 0.0, "kl_to_sft": 0.0, "length": 10,
-         "has_eos": True},
+         "has_eos": True, "reference_length": 12},
         {"rouge1": 0.3, "rouge2": 0.0, "rougeL": 0.2, "reward": 3.0, "sigma": 0.0, "kl_to_sft": 2.0, "length": 20,
-         "has_eos": False},
+         "has_eos": False, "reference_length": 16},
     ]
     assert metrics.eos_rate([True, False, True, True]) == 0.75
     got = metrics.aggregate(examples, probabilistic=False)
     assert got == pytest.approx({"rouge1": 0.4, "rouge2": 0.1, "rougeL": 0.3, "reward": 2.0, "reward_se": 1.0,
                                  "sigma": None, "kl_to_sft": 1.0, "kl_to_sft_se": 1.0, "length": 15.0,
-                                 "eos_rate": 0.5})
+                                 "reference_length": 14.0, "eos_rate": 0.5})
     assert metrics.aggregate(examples, probabilistic=True)["sigma"] == 0.0
 
 
@@ -160,9 +161,12 @@ def test_evaluate_layout_and_kl_to_sft(workspace):
     assert sft["reward_model"] == {"kind": "scalar", "num_scores": 10}
     assert sft["n"] == len(sft["examples"]) == len(TEST_ROWS)
     assert set(sft["metrics"]) == {"rouge1", "rouge2", "rougeL", "reward", "reward_se", "sigma", "kl_to_sft",
-                                   "kl_to_sft_se", "length", "eos_rate"}
+                                   "kl_to_sft_se", "length", "reference_length", "eos_rate"}
     assert set(sft["examples"][0]) == {"id", "rouge1", "rouge2", "rougeL", "reward", "sigma", "kl_to_sft", "length",
-                                       "has_eos"}
+                                       "has_eos", "reference_reward", "reference_length"}
+    # the reference's reward is the policy's opponent on the same input: the same for every policy
+    assert [e["reference_reward"] for e in sft["examples"]] == [e["reference_reward"] for e in base["examples"]]
+    assert all(e["reference_length"] >= 2 for e in sft["examples"])  # at least one token and its EOS
     assert sft["metrics"]["sigma"] is None
     assert all(e["kl_to_sft"] == 0.0 for e in sft["examples"])  # the same weights on both sides
     assert all(math.isfinite(e["kl_to_sft"]) for e in base["examples"])
@@ -175,8 +179,11 @@ def test_evaluate_layout_and_kl_to_sft(workspace):
 def test_kl_does_not_depend_on_batch_padding(workspace):
     generate.run(workspace, policy("base"))
     rows = read_jsonl("reports/generations/base.jsonl")
-    alone = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 1}}), "base", rows, "cpu")
-    padded = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 5}}), "base", rows, "cpu")
+    tokenizer = load_tokenizer("models/base")
+    alone = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 1}}), "base", tokenizer,
+                                          rows, "cpu")
+    padded = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 5}}), "base", tokenizer,
+                                           rows, "cpu")
     assert padded == pytest.approx(alone, abs=1e-3)
 
 
@@ -203,7 +210,7 @@ def test_report_reads_what_evaluate_writes(workspace):
         metrics.run(params, policy(name))
     report_run(params)
     table = read_json("reports/metrics.json")
-    assert set(table) == {"base", "sft", "rloo_s0"}
+    assert set(table) == {"base", "sft", "rloo_s0", "length_model"}
     assert table["rloo_s0"] == table["base"]
     assert table["sft"]["kl_to_sft"] == 0.0 and table["sft"]["reward_delta_vs_sft"] == 0.0
     assert "| rloo\\_s0 |" in Path("reports/report.md").read_text()

@@ -32,7 +32,7 @@ def synthetic_examples(rank: int) -> list[dict]:
     return [
         {"id": i, "rouge1": 0.4 - 0.01 * rank, "rouge2": 0.15, "rougeL": 0.3 - 0.01 * j, "reward": 0.5 * rank + 0.1 * j,
          "sigma": 0.0, "kl_to_sft": 0.0 if rank == 1 else rank + 0.2 * j, "length": 20 + 2 * j + rank,
-         "has_eos": j != 3}
+         "has_eos": j != 3, "reference_reward": 0.6 + 0.1 * j, "reference_length": 22 + 2 * j}
         for j, i in enumerate(IDS)
     ]
 
@@ -156,10 +156,18 @@ def markdown_table(md: str, first_header: str) -> list[list[str]]:
 def test_report_writes_every_output(workspace):
     report_run(workspace)
     md = Path("reports/report.md").read_text()
-    table = markdown_table(md, "Policy")
+    headline = markdown_table(md, "Policy")
+    assert [r[0].replace("\\", "") for r in headline] == stages.policies(workspace)
+    rloo = dict(zip(["policy", "lc", "win_sft", "win_ref", "length", "flag", "raw", "reward"], headline[2]))
+    assert rloo["win_sft"] == "1.00 ± 0.00"  # every synthetic rloo_s0 reward is 0.5 above SFT's on its input
+    assert rloo["length"] == "25.0 (1.00×, 1.04×)"  # lengths 22..28 as its references; SFT means 24
+    assert rloo["raw"] == r"+0.500 \[+0.500, +0.500\]" and rloo["flag"] == "no"
+    assert md.index("Length check") < md.index("| Policy |")  # the verdict comes first
+    table = markdown_table(md.split("### All metrics", 1)[1], "Policy")
     assert [r[0].replace("\\", "") for r in table] == stages.policies(workspace)
     sft = dict(zip(["policy", "r1", "r2", "rl", "reward", "delta", "kl", "len", "eos"], table[1]))
     assert sft["delta"] == "+0.000 ± 0.000" and sft["kl"].startswith("0.000") and sft["eos"] == "75%"
+    assert len(markdown_table(md.split("### Win rate against the reference, by length", 1)[1], "Policy")) == 6
     assert "## Across seeds" in md and len(markdown_table(md, "Method")) == 2
     assert "Held-out pairwise accuracy: 0.75" in md
     assert "> These pairs are NOT human preferences. chosen = the human reference summary" in md
@@ -182,10 +190,15 @@ def test_metrics_json_layout(workspace):
     report_run(workspace)
     metrics = read_json("reports/metrics.json")
     policies = stages.policies(workspace)
-    assert list(metrics) == sorted([*policies, "across_seeds", "reward_model", "consolidation"])
+    assert list(metrics) == sorted([*policies, "across_seeds", "reward_model", "consolidation", "length_model"])
     assert set(metrics["sft"]) == {"n", "rouge1", "rouge2", "rougeL", "reward", "reward_se", "kl_to_sft",
-                                   "kl_to_sft_se", "length", "eos_rate", "reward_delta_vs_sft",
-                                   "reward_delta_vs_sft_se"}
+                                   "kl_to_sft_se", "length", "reference_length", "eos_rate", "reward_delta_vs_sft",
+                                   "reward_delta_vs_sft_se", "reward_delta_vs_sft_low", "reward_delta_vs_sft_high",
+                                   "lc_reward_delta_vs_sft", "lc_reward_delta_vs_sft_se", "lc_reward_delta_vs_sft_low",
+                                   "lc_reward_delta_vs_sft_high", "win_rate_vs_sft", "win_rate_vs_sft_se",
+                                   "win_rate_vs_reference", "win_rate_vs_reference_se", "length_vs_reference",
+                                   "length_vs_sft", "length_hacking"}
+    assert metrics["rloo_s0"]["length_hacking"] is False and metrics["length_model"]["documents"] == 4
     assert metrics["rloo_s0"]["reward_delta_vs_sft"] == pytest.approx(0.5)  # rank 2 vs rank 1, per example
     assert metrics["across_seeds"]["rloo"]["reward_mean"] == pytest.approx((1.15 + 1.65) / 2)
     assert metrics["reward_model"] == {"accuracy": 0.75, "loss": 0.52, "pairs": 20}
@@ -212,7 +225,7 @@ def test_missing_optional_inputs_are_reported_not_fatal(tmp_path, monkeypatch):
     assert "## Across seeds" not in md  # one seed: nothing to spread
     assert {p.name for p in Path("reports/plots").iterdir()} == {"reward_vs_kl.png", "length_hist.png"}
     metrics = json.loads(Path("reports/metrics.json").read_text())
-    assert set(metrics) == set(stages.policies(params))
+    assert set(metrics) == {*stages.policies(params), "length_model"}
 
 
 def test_missing_eval_file_is_an_error_naming_it(workspace):

@@ -108,17 +108,27 @@ def kl_per_example(policy, reference, tokenizer, rows: list[dict], batch_size: i
     return out
 
 
-def reward_per_example(params: dict, rows: list[dict], device) -> tuple[list[float], list[float], dict]:
+def reward_per_example(params: dict, rows: list[dict], device) -> tuple[dict[str, list[float]], dict]:
+    """The RM's reward (and sigma) of each row's summary and of its human reference, on the same input:
+    the reference's score is what the report's win rate against the reference compares with."""
     reward_model, meta = load_reward_model(stages.REWARD, params, device)
     tokenizer = load_tokenizer(stages.REWARD, params["compute"]["trust_remote_code"])
-    texts = reward_texts(PromptFormat.from_params(tokenizer, params), rows)
-    rewards, sigmas = score_texts(reward_model, tokenizer, texts, meta["kind"], params["evaluate"]["batch_size"])
-    return rewards.tolist(), sigmas.tolist(), meta
+    fmt = PromptFormat.from_params(tokenizer, params)
+    batch_size = params["evaluate"]["batch_size"]
+    rewards, sigmas = score_texts(reward_model, tokenizer, reward_texts(fmt, rows), meta["kind"], batch_size)
+    references = [{"prompt": row["prompt"], "summary": row["reference"]} for row in rows]
+    reference_rewards, _ = score_texts(reward_model, tokenizer, reward_texts(fmt, references), meta["kind"], batch_size)
+    return {"reward": rewards.tolist(), "sigma": sigmas.tolist(), "reference_reward": reference_rewards.tolist()}, meta
 
 
-def kl_to_sft_per_example(params: dict, policy_name: str, rows: list[dict], device) -> list[float]:
+def reference_lengths(tokenizer, rows: list[dict]) -> list[int]:
+    """Tokens of each human reference plus its EOS: counted as a generated summary's length is."""
+    ids = tokenizer([row["reference"] for row in rows], add_special_tokens=False)["input_ids"]
+    return [len(x) + 1 for x in ids]
+
+
+def kl_to_sft_per_example(params: dict, policy_name: str, tokenizer, rows: list[dict], device) -> list[float]:
     folder = stages.policy_dir(policy_name)
-    tokenizer = load_tokenizer(folder, params["compute"]["trust_remote_code"])
     policy = load_policy(folder, params, device).eval()
     reference = load_policy(stages.SFT, params, device).eval()
     return kl_per_example(policy, reference, tokenizer, rows, params["evaluate"]["batch_size"],
@@ -127,12 +137,15 @@ def kl_to_sft_per_example(params: dict, policy_name: str, rows: list[dict], devi
 
 # ---- assembling the eval file ----------------------------------------------------------------------
 
-def example_records(rows: list[dict], rewards: list[float], sigmas: list[float], kls: list[float]) -> list[dict]:
+def example_records(rows: list[dict], scores: dict[str, list[float]], kls: list[float],
+                    ref_lengths: list[int]) -> list[dict]:
     scorer = rouge_scorer()
     return [
         {"id": row["id"], **rouge_f1(row["summary"], row.get("references") or [row["reference"]], scorer),
-         "reward": r, "sigma": s, "kl_to_sft": kl, "length": row["length"], "has_eos": row["has_eos"]}
-        for row, r, s, kl in zip(rows, rewards, sigmas, kls, strict=True)
+         "reward": r, "sigma": s, "kl_to_sft": kl, "length": row["length"], "has_eos": row["has_eos"],
+         "reference_reward": ref_r, "reference_length": ref_n}
+        for row, r, s, ref_r, kl, ref_n in zip(rows, scores["reward"], scores["sigma"], scores["reference_reward"],
+                                                kls, ref_lengths, strict=True)
     ]
 
 
@@ -150,6 +163,7 @@ def aggregate(examples: list[dict], probabilistic: bool) -> dict:
         "kl_to_sft": kl,
         "kl_to_sft_se": kl_se,
         "length": mean(column("length")),
+        "reference_length": mean(column("reference_length")),
         "eos_rate": eos_rate(column("has_eos")),
     }
 
@@ -163,9 +177,10 @@ def run(params: dict, args) -> None:
         raise DataError(f"{generations}: no generations to evaluate")
     if any("completion_ids" not in row for row in rows):
         raise DataError(f"{generations}: rows without completion_ids; rerun `sumrl generate --policy {policy}`")
-    rewards, sigmas, meta = reward_per_example(params, rows, device)
-    kls = kl_to_sft_per_example(params, policy, rows, device)
-    examples = example_records(rows, rewards, sigmas, kls)
+    scores, meta = reward_per_example(params, rows, device)
+    tokenizer = load_tokenizer(stages.policy_dir(policy), params["compute"]["trust_remote_code"])
+    kls = kl_to_sft_per_example(params, policy, tokenizer, rows, device)
+    examples = example_records(rows, scores, kls, reference_lengths(tokenizer, rows))
     result = {
         "policy": policy,
         "n": len(examples),

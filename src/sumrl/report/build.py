@@ -10,13 +10,15 @@ import logging
 from pathlib import Path
 
 from sumrl.artifacts import atomic_path, write_json
+from sumrl.evaluate import length_control as lc
 from sumrl.report import plots
 from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
 from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, Inputs, consolidation_path, curve_path,
                                  load_inputs, rl_curve_name)
 from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_value,
-                                 judge_table, key_value_table, metrics_json, policy_summary, sample_blocks,
-                                 sample_ids, seed_spread, seed_table)
+                                 headline_table, judge_table, key_value_table, length_bins, length_bins_table,
+                                 length_fit, metrics_json, policy_summary, sample_blocks, sample_ids, seed_spread,
+                                 seed_table)
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +109,52 @@ def health_checks(summary: dict[str, dict], inputs: Inputs) -> Paragraph:
     return Paragraph("Health checks: " + " ".join(flags))
 
 
-def comparison_section(summary: dict[str, dict], inputs: Inputs) -> list[Block]:
+def length_verdict(summary: dict[str, dict]) -> Paragraph:
+    """The report's first sentence: does any policy's reward gain look like a length change?"""
+    flagged = {p: m for p, m in summary.items() if m["length_hacking"]}
+    if not flagged:
+        return Paragraph("Length check: no policy is flagged. Every policy's mean length is within "
+                         f"{lc.LENGTH_MOVE:.0%} of SFT's, and no raw reward gain over SFT vanishes at equal length.")
+    lines = "; ".join(f"`{p}`: {' and '.join(m['length_hacking_reasons'])}" for p, m in flagged.items())
+    return Paragraph(f"**Length hacking warning.** The reward gains of {len(flagged)} of {len(summary) - 1} "
+                     f"policies may come from length, not quality ({lines}). Read the equal-length column, the "
+                     "win rates and the samples before believing a raw reward gain.")
+
+
+def comparison_section(summary: dict[str, dict], inputs: Inputs, fit: lc.LengthFit) -> list[Block]:
     n = summary[REFERENCE_POLICY]["n"]
+    slope = fit.slope
     return [
         Heading("Policies on the test split"),
+        headline_table(summary),
+        Paragraph(f"{n} test inputs, the same for every policy. **Δ reward vs SFT at equal length** is the policy's "
+                  "coefficient minus SFT's in one least-squares fit over every policy's summaries: reward ~ "
+                  "policy + document + slope · log(length / reference length), with a 95% interval from "
+                  f"standard errors clustered by document (t with {fit.dof} degrees of freedom). It assumes the "
+                  "reward's dependence on length is the same line for every policy. **Win rate vs SFT / vs "
+                  "reference**: per input, 1 if the reward model scores the policy's summary above SFT's (the "
+                  "human reference's), 0.5 on a tie, 0 below; mean ± s.e. **Length** is in tokens (EOS "
+                  "included), with its ratio to the mean reference length and to SFT's. **Length hacking** is "
+                  "flagged when the raw gain over SFT is significant but the equal-length gain is not, or when "
+                  f"mean length moves more than {lc.LENGTH_MOVE:.0%} from SFT's. **Raw Δ** is the mean per-input "
+                  "reward difference to SFT (paired)."),
+        Paragraph(f"The reward model's length preference on these summaries: {fmt(slope.estimate, signed=True)} "
+                  f"reward per unit of log(length / reference length), 95% CI "
+                  f"[{fmt(slope.low, signed=True)}, {fmt(slope.high, signed=True)}] "
+                  "(at equal quality a longer summary scores "
+                  f"{'higher' if slope.low > 0 else 'lower' if slope.high < 0 else 'neither higher nor lower, within the interval'})."),
+        Heading("Win rate against the reference, by length", 3),
+        length_bins_table(length_bins(inputs)),
+        Paragraph("Columns are bins of log(length / reference length) (0 = as long as the reference; ±0.29 ≈ "
+                  "0.75× / 1.33×, ±0.69 ≈ 0.5× / 2×); each cell is the policy's win rate against the human "
+                  "reference among its summaries in that bin, and how many there are. Policies compared within "
+                  "one column are compared at about the same length."),
+        Heading("All metrics", 3),
         comparison_table(summary),
-        Paragraph(f"{n} test inputs. ROUGE is F1 (best over references). Reward is the reward model's score of "
-                  "prompt + summary + EOS, mean ± standard error. Δ reward vs SFT is the mean per-input "
-                  "difference to SFT on the same inputs (paired) ± its standard error. KL to SFT is "
-                  "`sum_t [log π(y_t) − log π_SFT(y_t)]` over each summary's tokens, averaged over the policy's "
-                  "own generations (± s.e.). Length counts generated tokens, EOS included."),
+        Paragraph("ROUGE is F1 (best over references). Reward is the reward model's score of prompt + summary + "
+                  "EOS, mean ± standard error. Δ reward vs SFT is the raw paired difference ± its standard error. "
+                  "KL to SFT is `sum_t [log π(y_t) − log π_SFT(y_t)]` over each summary's tokens, averaged over the "
+                  "policy's own generations (± s.e.). Length counts generated tokens, EOS included."),
         health_checks(summary, inputs),
     ]
 
@@ -197,13 +235,14 @@ def samples_section(inputs: Inputs, n: int) -> list[Block]:
     return blocks
 
 
-def build_document(inputs: Inputs, summary: dict[str, dict], spread: dict | None, figures: dict[str, list[Block]],
-                   samples: int) -> list[Block]:
+def build_document(inputs: Inputs, summary: dict[str, dict], fit: lc.LengthFit, spread: dict | None,
+                   figures: dict[str, list[Block]], samples: int) -> list[Block]:
     policies = ", ".join(f"`{p}`" for p in inputs.policies)
     return [
         Heading(TITLE, 1),
+        length_verdict(summary),
         Paragraph(f"Policies compared: {policies}."),
-        *comparison_section(summary, inputs),
+        *comparison_section(summary, inputs, fit),
         *seed_section(spread),
         *judge_section(inputs.judge, inputs.policies),
         Heading("Reward versus KL"), *figures["reward_vs_kl"],
@@ -221,12 +260,13 @@ def build_document(inputs: Inputs, summary: dict[str, dict], spread: dict | None
 
 def run(params: dict, args=None) -> None:
     inputs = load_inputs(params)
-    summary = policy_summary(inputs)
+    fit = length_fit(inputs)
+    summary = policy_summary(inputs, fit)
     spread = seed_spread(summary, inputs.methods) if len(params["rl"]["seeds"]) > 1 else None
     with atomic_path(PLOTS, is_dir=True) as folder:
         figures = write_plots(inputs, summary, folder, policy_colors(inputs))
-    blocks = build_document(inputs, summary, spread, figures, params["report"]["samples"])
+    blocks = build_document(inputs, summary, fit, spread, figures, params["report"]["samples"])
     write_text(REPORT_MD, to_markdown(blocks))
     write_text(INDEX_HTML, to_html(blocks, REPORTS, TITLE))
-    write_json(METRICS, metrics_json(summary, spread, inputs))
+    write_json(METRICS, metrics_json(summary, spread, inputs, fit))
     log.info("wrote %s, %s, %s and %s/", REPORT_MD, INDEX_HTML, METRICS, PLOTS)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 
+from sumrl.evaluate import length_control as lc
 from sumrl.evaluate.metrics import mean, mean_stderr, sample_std
 from sumrl.report.document import Block, Quote, Table
 from sumrl.report.inputs import Inputs
 
 REFERENCE_POLICY = "sft"
 # Columns of the seed summary: the metrics a reader compares methods by.
-SEED_METRICS = ("rouge1", "rouge2", "rougeL", "reward", "kl_to_sft", "length", "eos_rate")
-METRIC_NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "reward": "Reward",
+SEED_METRICS = ("lc_reward_delta_vs_sft", "win_rate_vs_sft", "rouge1", "rouge2", "rougeL", "reward", "kl_to_sft",
+                "length", "eos_rate")
+METRIC_NAMES = {"lc_reward_delta_vs_sft": "Δ reward vs SFT at equal length", "win_rate_vs_sft": "Win rate vs SFT",
+                "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "reward": "Reward",
                 "kl_to_sft": "KL to SFT", "length": "Length", "eos_rate": "EOS rate"}
 DIGITS = {"length": 1, "eos_rate": 2}
 ROUND = 6  # metrics.json precision: enough for any comparison, short enough to read in `dvc metrics diff`
@@ -59,16 +62,97 @@ def paired_delta(examples: list[dict], reference: list[dict], key: str = "reward
     return mean_stderr(diffs)
 
 
-def policy_summary(inputs: Inputs) -> dict[str, dict]:
-    """policy -> its eval metrics plus the paired reward difference to SFT."""
+def paired(examples: list[dict], reference: list[dict], key: str = "reward") -> tuple[list[float], list[float]]:
+    """`key` of the examples both policies have, matched by test id."""
+    ref = {e["id"]: e[key] for e in reference}
+    shared = [e for e in examples if e["id"] in ref]
+    return [e[key] for e in shared], [ref[e["id"]] for e in shared]
+
+
+def log_ratios(examples: list[dict]) -> list[float]:
+    return [lc.log_length_ratio(e["length"], e["reference_length"]) for e in examples]
+
+
+def length_fit(inputs: Inputs) -> lc.LengthFit:
+    """reward ~ policy + document + slope * log(length / reference length), over every policy's samples."""
+    samples = [lc.Sample(policy, str(e["id"]), e["reward"], r)
+               for policy in inputs.policies
+               for e, r in zip(inputs.evals[policy]["examples"], log_ratios(inputs.evals[policy]["examples"]))]
+    return lc.fit_length_controlled(samples, REFERENCE_POLICY)
+
+
+def policy_summary(inputs: Inputs, fit: lc.LengthFit) -> dict[str, dict]:
+    """policy -> its eval metrics, its reward against SFT's and the reference's on the same inputs (paired
+    difference, win rates), its reward gain over SFT at equal length (from `fit`), length ratios and the
+    length flag."""
     ref = inputs.evals[REFERENCE_POLICY]["examples"]
+    sft_length = inputs.evals[REFERENCE_POLICY]["metrics"]["length"]
     out = {}
     for policy in inputs.policies:
         ev = inputs.evals[policy]
-        delta, delta_se = paired_delta(ev["examples"], ref)
-        out[policy] = {**ev["metrics"], "n": ev.get("n", len(ev["examples"])),
-                       "reward_delta_vs_sft": delta, "reward_delta_vs_sft_se": delta_se}
+        examples = ev["examples"]
+        delta, delta_se = paired_delta(examples, ref)
+        raw_low, raw_high = lc.interval(delta, delta_se, len(examples) - 1)
+        vs_sft, vs_sft_se = lc.win_rate(*paired(examples, ref))
+        vs_ref, vs_ref_se = lc.win_rate([e["reward"] for e in examples], [e["reference_reward"] for e in examples])
+        effect = fit.effects[policy]
+        length_vs_sft = ev["metrics"]["length"] / sft_length
+        reasons = [] if policy == REFERENCE_POLICY else lc.length_hacking_reasons(raw_low, effect, length_vs_sft)
+        out[policy] = {
+            **ev["metrics"], "n": ev.get("n", len(examples)),
+            "reward_delta_vs_sft": delta, "reward_delta_vs_sft_se": delta_se,
+            "reward_delta_vs_sft_low": raw_low, "reward_delta_vs_sft_high": raw_high,
+            "lc_reward_delta_vs_sft": effect.estimate, "lc_reward_delta_vs_sft_se": effect.se,
+            "lc_reward_delta_vs_sft_low": effect.low, "lc_reward_delta_vs_sft_high": effect.high,
+            "win_rate_vs_sft": vs_sft, "win_rate_vs_sft_se": vs_sft_se,
+            "win_rate_vs_reference": vs_ref, "win_rate_vs_reference_se": vs_ref_se,
+            "length_vs_reference": ev["metrics"]["length"] / ev["metrics"]["reference_length"],
+            "length_vs_sft": length_vs_sft,
+            "length_hacking": bool(reasons), "length_hacking_reasons": reasons,
+        }
     return out
+
+
+def length_bins(inputs: Inputs) -> dict[str, list[dict]]:
+    """policy -> per bin of log(length / reference length): count and win rate against the reference."""
+    return {policy: lc.binned_win_rates(log_ratios(ev["examples"]), [e["reward"] for e in ev["examples"]],
+                                        [e["reference_reward"] for e in ev["examples"]])
+            for policy, ev in ((p, inputs.evals[p]) for p in inputs.policies)}
+
+
+def fmt_interval(low: float, high: float) -> str:
+    return "n/a" if math.isnan(low) else f"[{low:+.3f}, {high:+.3f}]"
+
+
+def headline_table(summary: dict[str, dict]) -> Table:
+    """What a reader should look at first: the gain at equal length, then pairwise win rates, then length."""
+    header = ("Policy", "Δ reward vs SFT at equal length [95% CI]", "Win rate vs SFT", "Win rate vs reference",
+              "Length (× reference, × SFT)", "Length hacking?", "Δ reward vs SFT, raw [95% CI]", "Reward ± s.e.")
+    rows = []
+    for policy, m in summary.items():
+        sft = policy == REFERENCE_POLICY
+        rows.append((
+            policy,
+            "0 (the reference)" if sft else
+            f"{fmt(m['lc_reward_delta_vs_sft'], signed=True)} "
+            f"{fmt_interval(m['lc_reward_delta_vs_sft_low'], m['lc_reward_delta_vs_sft_high'])}",
+            "—" if sft else fmt_pm(m["win_rate_vs_sft"], m["win_rate_vs_sft_se"], 2),
+            fmt_pm(m["win_rate_vs_reference"], m["win_rate_vs_reference_se"], 2),
+            f"{fmt(m['length'], 1)} ({fmt(m['length_vs_reference'], 2)}×, {fmt(m['length_vs_sft'], 2)}×)",
+            "—" if sft else ("**yes**" if m["length_hacking"] else "no"),
+            "0" if sft else f"{fmt(m['reward_delta_vs_sft'], signed=True)} "
+            f"{fmt_interval(m['reward_delta_vs_sft_low'], m['reward_delta_vs_sft_high'])}",
+            fmt_pm(m["reward"], m["reward_se"]),
+        ))
+    return Table(header, tuple(rows), "numbers")
+
+
+def length_bins_table(bins: dict[str, list[dict]]) -> Table:
+    labels = [b["bin"] for b in next(iter(bins.values()))]
+    header = ("Policy", *(f"log(len/ref) in {label}" for label in labels))
+    rows = tuple((policy, *(f"{fmt(b['win_rate'], 2)} (n={b['n']})" if b["n"] else "—" for b in entries))
+                 for policy, entries in bins.items())
+    return Table(header, rows, "numbers")
 
 
 def comparison_table(summary: dict[str, dict]) -> Table:
@@ -125,8 +209,10 @@ def _rounded(d: dict) -> dict:
     return out
 
 
-def metrics_json(summary: dict[str, dict], spread: dict | None, inputs: Inputs) -> dict:
+def metrics_json(summary: dict[str, dict], spread: dict | None, inputs: Inputs, fit: lc.LengthFit) -> dict:
     out: dict = {policy: _rounded(m) for policy, m in summary.items()}
+    out["length_model"] = _rounded({"slope": fit.slope.estimate, "slope_se": fit.slope.se, "slope_low": fit.slope.low,
+                                    "slope_high": fit.slope.high, "samples": fit.n, "documents": fit.documents})
     if spread:
         out["across_seeds"] = {
             method: _rounded({f"{k}_{stat}": v[stat] for k, v in stats.items() for stat in ("mean", "sd")})
