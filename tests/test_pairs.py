@@ -101,11 +101,24 @@ def test_generated_pairs_on_the_tiny_model(tiny_params, tiny_model_dir, tmp_path
     card = read_json(out / "card.json")
     pref = {r["id"]: r for r in read_jsonl("data/prepared/pref.jsonl")}
     pairs = read_jsonl(out / "train.jsonl") + read_jsonl(out / "validation.jsonl")
+    kinds = params["pairs"]["negatives"]
+    assert kinds == ["matched_sample", "other_reference", "swapped_sentence"]  # the default mix
     assert card["origin"] == GENERATED and "NOT human preferences" in (out / "card.md").read_text()
-    assert card["rows_read"] == {"pref": len(pref)} and len(pairs) + card["dropped"] == len(pref)
-    assert all(p["chosen"] == pref[p["id"]]["summary"] and p["rejected"] != p["chosen"] for p in pairs)
-    assert all(p["origin"] == GENERATED and p["rejected"].strip() for p in pairs)
+    assert card["rows_read"] == {k: len(pref) for k in kinds} and len(pairs) + card["dropped"] == len(pref) * len(kinds)
+    assert all(p["chosen"] == pref[p["id"].split(":")[0]]["summary"] and p["rejected"] != p["chosen"] for p in pairs)
+    assert all(p["origin"] == GENERATED and p["rejected"].strip() and p["id"].endswith(p["negative"]) for p in pairs)
     assert card["rows"]["validation"] > 0
+    # each kind's length and ending statistics are in the card, and each reference-made negative exists
+    assert set(card["negatives"]) == set(kinds)
+    assert card["negatives"]["other_reference"]["pairs"] == len(pref) - card["drops"].get(
+        "other_reference: no_other_document", {"count": 0})["count"]
+    assert card["negatives"]["other_reference"]["rejected_ends"] == 1.0
+    assert "`other_reference`:" in (out / "card.md").read_text()
+    # reference-made negatives come from documents of the same split
+    for split in ("train", "validation"):
+        rows = read_jsonl(out / f"{split}.jsonl")
+        chosen = {p["chosen"] for p in rows}
+        assert all(p["rejected"] in chosen for p in rows if p["negative"] == "other_reference")
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     pairs_stage.run(params)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first  # same seed, same samples

@@ -1,18 +1,23 @@
 """`sumrl pairs`: preference pairs (document, chosen, rejected) for the reward model.
 
 `pairs.source: generated` (ACLSum has no human preferences): chosen = the human reference summary of a
-`pref` row, rejected = a sample from the base model. These are not human judgements, and the card says
-so. `jsonl | parquet | hf`: human preference pairs read from `pairs.path` through `pairs.fields`, checked
+`pref` row, rejected = one summary per kind in `pairs.negatives` (data/negatives.py: length-matched base-model
+samples, other documents' references, references with a sentence swapped in). These are not human
+judgements, and the card says so, with each kind's length ratio and how often each side ends. `jsonl | parquet | hf`: human preference pairs read from `pairs.path` through `pairs.fields`, checked
 like `prepare-data` checks its rows (bad rows are errors or counted drops by `data.on_bad_rows`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
+import statistics
 from pathlib import Path
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_jsonl
+from sumrl.data import negatives as neg
 from sumrl.data.prepare import (Item, Ledger, data_card, drop_duplicate_ids, drop_leaks, first_copies,
                                 length_stats, normalize_row, normalize_whitespace, token_lengths, unit_hash,
                                 write_splits)
@@ -20,27 +25,27 @@ from sumrl.data.sources import Loaded, Problem, Row, load_pair_rows
 
 log = logging.getLogger(__name__)
 
-GENERATED = "reference_vs_base_sample"
+GENERATED = "reference_vs_generated_negative"
 HUMAN = "human"
 PAIR_SPLITS = ("train", "validation")
 TEXT_FIELDS = ("document", "chosen", "rejected")
 GENERATED_NOTE = (
-    "These pairs are NOT human preferences. chosen = the human reference summary, rejected = a sample from "
-    "the base model. A reward model trained on them learns to tell reference summaries from base-model "
-    "samples, which is a proxy for quality, not a judgement of it."
+    "These pairs are NOT human preferences. chosen = the human reference summary, rejected = a summary made "
+    "to be worse (pairs.negatives: base-model samples, or other documents' references, whole or spliced in). "
+    "A reward model trained on them learns to tell the reference from these negatives, which is a proxy for "
+    "quality, not a judgement of it."
 )
 
 
 def run(params: dict, args=None) -> None:
     from sumrl import runtime
-    from sumrl.models.load import load_policy, load_tokenizer
+    from sumrl.models.load import load_tokenizer
 
     device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
     tokenizer = load_tokenizer(stages.BASE, params["compute"]["trust_remote_code"])
     if params["pairs"]["source"] == "generated":
         rows = read_jsonl(Path(stages.PREPARED) / "pref.jsonl")
-        model = load_policy(stages.BASE, params, device).eval()
-        splits, card = generated_pairs(rows, model, tokenizer, params)
+        splits, card = generated_pairs(rows, tokenizer, params, lambda: base_samples(rows, tokenizer, params, device))
     else:
         splits, card = human_pairs(load_pair_rows(params), tokenizer, params)
     write_splits(stages.PAIRS, splits, card)
@@ -48,37 +53,114 @@ def run(params: dict, args=None) -> None:
              {r: d["count"] for r, d in card["drops"].items()})
 
 
-def generated_pairs(rows: list[Row], model, tokenizer, params: dict) -> tuple[dict[str, list[dict]], dict]:
-    """Reference (chosen) vs one base-model sample (rejected) per prepared `pref` row."""
+def base_samples(rows: list[Row], tokenizer, params: dict, device):
+    """One base-model sample per row (texts, has_eos), seeded so that the samples depend on the seed alone."""
     import torch
 
     from sumrl.data.prompts import PromptFormat
     from sumrl.generation import generate
+    from sumrl.models.load import load_policy
 
     p = params["pairs"]
+    model = load_policy(stages.BASE, params, device).eval()
     fmt = PromptFormat.from_params(tokenizer, params)
-    torch.manual_seed(params["seed"])  # the samples depend on the seed alone, not on what ran before
-    samples = generate(model, tokenizer, [fmt.prompt(r["document"]) for r in rows], max_new_tokens=p["max_new_tokens"],
-                       do_sample=True, temperature=p["temperature"], batch_size=p["batch_size"])
-    ledger = Ledger("drop")  # an unusable sample is the model's doing, not bad data: always a counted skip
-    pairs = []
-    for row, sample in zip(rows, samples.texts):
-        if not sample.strip():
-            ledger.drop("empty_sample", row["id"])
-        elif normalize_whitespace(sample) == normalize_whitespace(row["summary"]):
-            ledger.drop("sample_equals_reference", row["id"])
-        else:
-            pairs.append(pair_row(row["id"], row["document"], row["summary"], sample, GENERATED))
-    splits = split_by_document(pairs, p["validation_fraction"], params["seed"])
-    source = {"kind": "generated", "path": f"{stages.PREPARED}/pref.jsonl", "sampler": stages.BASE,
-              "temperature": p["temperature"], "max_new_tokens": p["max_new_tokens"]}
-    # A sample cut at max_new_tokens has no EOS: an easy cue for the reward model, so say how many.
-    no_eos = int((~samples.has_eos).sum())
-    notes = [GENERATED_NOTE, f"{no_eos} of {len(rows)} samples stopped at pairs.max_new_tokens = "
-             f"{p['max_new_tokens']} without an end-of-sequence token."]
-    card = pairs_card(notes, source, {"pref": len(rows)}, splits, ledger, tokenizer, params)
-    card["samples_without_eos"] = no_eos
+    torch.manual_seed(params["seed"])
+    return generate(model, tokenizer, [fmt.prompt(r["document"]) for r in rows], max_new_tokens=p["max_new_tokens"],
+                    do_sample=True, temperature=p["temperature"], batch_size=p["batch_size"])
+
+
+def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[dict[str, list[dict]], dict]:
+    """For each prepared `pref` row, the human reference (chosen) against one rejected summary per kind in
+    `pairs.negatives` (data/negatives.py). `sampler()` gives the base-model samples; it is called only when a
+    kind needs them. Reference-made negatives come from documents of the same split (no leak across splits)."""
+    p = params["pairs"]
+    kinds = p["negatives"]
+    split_of = [pair_split(row["document"], p["validation_fraction"], params["seed"]) for row in rows]
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    lengths = [count(row["summary"]) for row in rows]
+    samples = sampler() if set(kinds) & set(neg.SAMPLE_KINDS) else None
+    rng = random.Random(params["seed"])
+    by_split = {name: [i for i, s in enumerate(split_of) if s == name] for name in PAIR_SPLITS}
+    position = {i: k for members in by_split.values() for k, i in enumerate(members)}
+    ledger = Ledger("drop")  # an unusable negative is the generator's doing, not bad data: always a counted skip
+    splits: dict[str, list[dict]] = {name: [] for name in PAIR_SPLITS}
+    for i, row in enumerate(rows):
+        members = by_split[split_of[i]]
+        built = {n.kind: n for n in neg.reference_negatives(kinds, position[i], [rows[j]["summary"] for j in members],
+                                                            [lengths[j] for j in members], rng)}
+        if samples is not None:
+            text, eos = samples.texts[i], bool(samples.has_eos[i])
+            built["sample"] = neg.Negative("sample", text, ends=eos)
+            built["matched_sample"] = neg.matched_sample(text, eos, lengths[i], count, p["max_length_log_ratio"])
+        for kind in kinds:
+            negative = built[kind]
+            pair_id = f"{row['id']}:{kind}"
+            reason = unusable(negative, row["summary"])
+            if reason:
+                ledger.drop(f"{kind}: {reason}", pair_id)
+                continue
+            pair = pair_row(pair_id, row["document"], row["summary"], negative.text, GENERATED)
+            splits[split_of[i]].append({**pair, "negative": kind, "rejected_ends": negative.ends})
+    check_not_empty(splits)
+    source = {"kind": "generated", "path": f"{stages.PREPARED}/pref.jsonl", "negatives": ", ".join(kinds)}
+    if samples is not None:
+        source.update(sampler=stages.BASE, temperature=p["temperature"], max_new_tokens=p["max_new_tokens"])
+    stats = negative_stats(splits, kinds, count)
+    notes = [GENERATED_NOTE, *(negative_note(kind, s) for kind, s in stats.items())]
+    if samples is not None:
+        no_eos = int((~samples.has_eos).sum())
+        notes.append(f"{no_eos} of {len(rows)} base-model samples stopped at pairs.max_new_tokens = "
+                     f"{p['max_new_tokens']} without an end-of-sequence token.")
+    card = pairs_card(notes, source, {kind: len(rows) for kind in kinds}, splits, ledger, tokenizer, params)
+    card["negatives"] = stats
+    if samples is not None:
+        card["samples_without_eos"] = int((~samples.has_eos).sum())
     return splits, card
+
+
+def pair_split(document: str, validation_fraction: float, seed: int) -> str:
+    """Hash of the document, not of the id: all pairs of one document land in one split (no prompt leaks)."""
+    return "validation" if unit_hash(seed, document) < validation_fraction else "train"
+
+
+def unusable(negative: neg.Negative, reference: str) -> str:
+    if negative.text is None:
+        return negative.why
+    if not negative.text.strip():
+        return "empty"
+    if normalize_whitespace(negative.text) == normalize_whitespace(reference):
+        return "equals_reference"
+    return ""
+
+
+def negative_stats(splits: dict[str, list[dict]], kinds: list[str], count) -> dict[str, dict]:
+    """Per negative kind, over both splits: what a reward model could learn besides content. The length
+    ratio of chosen to rejected (log, mean), how often rejected is the shorter side, and how often each side
+    ends at a sentence end or a sampled EOS rather than being cut off."""
+    out = {}
+    for kind in kinds:
+        pairs = [p for rows in splits.values() for p in rows if p["negative"] == kind]
+        if not pairs:
+            out[kind] = {"pairs": 0}
+            continue
+        log_ratio = [math.log(count(p["chosen"]) / max(count(p["rejected"]), 1)) for p in pairs]
+        out[kind] = {
+            "pairs": len(pairs),
+            "mean_log_length_ratio": round(statistics.fmean(log_ratio), 4),
+            "mean_abs_log_length_ratio": round(statistics.fmean(abs(r) for r in log_ratio), 4),
+            "rejected_shorter": round(sum(r > 0 for r in log_ratio) / len(pairs), 4),
+            "chosen_ends": round(sum(neg.ends_a_sentence(p["chosen"]) for p in pairs) / len(pairs), 4),
+            "rejected_ends": round(sum(p["rejected_ends"] for p in pairs) / len(pairs), 4),
+        }
+    return out
+
+
+def negative_note(kind: str, s: dict) -> str:
+    if not s["pairs"]:
+        return f"`{kind}`: no usable pairs (see the drops)."
+    return (f"`{kind}`: {s['pairs']} pairs; mean log(len chosen / len rejected) {s['mean_log_length_ratio']:+.2f} "
+            f"(mean |.| {s['mean_abs_log_length_ratio']:.2f}); rejected is the shorter side in "
+            f"{s['rejected_shorter']:.0%}; ends: chosen {s['chosen_ends']:.0%}, rejected {s['rejected_ends']:.0%}.")
 
 
 def human_pairs(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list[dict]], dict]:
@@ -153,11 +235,9 @@ def conflicting_labels(pairs: list[dict]) -> list[list[str]]:
 
 
 def split_by_document(pairs: list[dict], validation_fraction: float, seed: int) -> dict[str, list[dict]]:
-    """Hash of the document, not of the id: all pairs of one document land in one split (no prompt leaks)."""
     splits = {name: [] for name in PAIR_SPLITS}
     for pair in pairs:
-        name = "validation" if unit_hash(seed, pair["document"]) < validation_fraction else "train"
-        splits[name].append(pair)
+        splits[pair_split(pair["document"], validation_fraction, seed)].append(pair)
     check_not_empty(splits)
     return splits
 
@@ -175,7 +255,8 @@ def pairs_card(notes: list[str], source: dict, read: dict, splits: dict, ledger:
     origin = GENERATED if source["kind"] == "generated" else HUMAN
     tokens = {name: {f: length_stats(token_lengths(tokenizer, [r[f] for r in rows])) for f in TEXT_FIELDS}
               for name, rows in splits.items()}
-    title = "Preference pairs: " + ("reference vs base-model sample" if origin == GENERATED else "human preferences")
+    title = "Preference pairs: " + ("human reference vs generated negatives" if origin == GENERATED
+                                    else "human preferences")
     card = data_card(title, notes, source, read, splits, ledger, tokens)
     card.update(origin=origin, seed=params["seed"], params=params["pairs"])
     return card
