@@ -58,7 +58,13 @@ def write_curve(name: str, rows: list[dict]) -> None:
 
 
 def write_optional_files(params: dict) -> None:
-    write_json("reports/reward_eval.json", {"accuracy": 0.75, "loss": 0.52, "pairs": 20})
+    sets = {name: {"source": "x.jsonl", "pairs": 20, "accuracy": acc, "accuracy_se": 0.1, "rm_prefers_shorter": 0.9,
+                   "label_prefers_shorter": 0.35, "pairs_unequal_length": 20, "length_balanced_pairs": 4,
+                   "length_balanced_accuracy": 0.5, "length_balanced_accuracy_se": 0.25, "mean_margin": 1.0}
+            for name, acc in (("validation", 0.75), ("tldr_human", 0.5))}
+    write_json("reports/reward_eval.json", {"kind": "scalar", "pairs_origin": "reference_vs_generated_negative",
+                                            "validation_pairs": 20, "accuracy": 0.75, "accuracy_se": 0.1,
+                                            "sets": sets})
     write_json("reports/consolidate/sft.json", {"ok": True, "max_abs_diff": 0.0, "tensors": 273})
     write_json("reports/consolidate/reward.json", {"ok": False, "max_abs_diff": 0.25, "tensors": 275})
     write_json("data/pairs/card.json", {  # the shape sumrl.data.pairs writes
@@ -169,7 +175,8 @@ def test_report_writes_every_output(workspace):
     assert sft["delta"] == "+0.000 ± 0.000" and sft["kl"].startswith("0.000") and sft["eos"] == "75%"
     assert len(markdown_table(md.split("### Win rate against the reference, by length", 1)[1], "Policy")) == 6
     assert "## Across seeds" in md and len(markdown_table(md, "Method")) == 2
-    assert "Held-out pairwise accuracy: 0.75" in md
+    rm_sets = markdown_table(md.split("## Reward model", 1)[1], "Set")
+    assert rm_sets[1] == ["tldr\\_human", "20", "0.500 ± 0.100", "90%", "35%", "0.500 ± 0.250 (4)"]
     assert "> These pairs are NOT human preferences. chosen = the human reference summary" in md
     assert "| drops.empty\\_sample.count | 2 |" in md and "| samples\\_without\\_eos | 11 |" in md
     assert "p7" not in md and "tokens.train" not in md
@@ -201,7 +208,8 @@ def test_metrics_json_layout(workspace):
     assert metrics["rloo_s0"]["length_hacking"] is False and metrics["length_model"]["documents"] == 4
     assert metrics["rloo_s0"]["reward_delta_vs_sft"] == pytest.approx(0.5)  # rank 2 vs rank 1, per example
     assert metrics["across_seeds"]["rloo"]["reward_mean"] == pytest.approx((1.15 + 1.65) / 2)
-    assert metrics["reward_model"] == {"accuracy": 0.75, "loss": 0.52, "pairs": 20}
+    assert metrics["reward_model"]["accuracy"] == 0.75
+    assert metrics["reward_model"]["sets.tldr_human.rm_prefers_shorter"] == 0.9
     assert metrics["consolidation"] == {"sft_ok": True, "reward_ok": False}
 
 

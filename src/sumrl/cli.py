@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
     p = stage("consolidate", "turn a training run (plain or DeepSpeed ZeRO checkpoint, LoRA or full) into a verified HF folder")
     p.add_argument("--stage", required=True, type=_trained_stage, help="sft, reward, or an RL run <method>_s<seed>")
+    stage("reward-eval", "score the reward model on its validation pairs and on reward.eval_pairs (accuracy, "
+                         "shorter-side preference, length-balanced accuracy)")
     p = stage("rl", "RL fine-tuning of the SFT policy against the reward model")
     p.add_argument("--method", required=True, choices=["reinforce", "rloo", "ppo"])
     p.add_argument("--seed", type=int, required=True)
@@ -133,6 +135,8 @@ def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
         from sumrl.train.sft import run
     elif command == "reward":
         from sumrl.train.reward import run
+    elif command == "reward-eval":
+        from sumrl.evaluate.reward_eval import run
     elif command == "consolidate":
         from sumrl.scale.consolidate import run
     elif command == "rl":

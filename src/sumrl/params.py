@@ -154,6 +154,13 @@ def _check_semantics(p: dict, source: str, check_files: bool) -> None:
     if check_files and pairs["source"] in ("jsonl", "parquet") and pairs["path"]:
         if not Path(pairs["path"]).exists():
             problems.append(f"pairs.path: file or folder not found: {pairs['path']}")
+    names = [spec["name"] for spec in p["reward"]["eval_pairs"]]
+    for i, spec in enumerate(p["reward"]["eval_pairs"]):
+        if check_files and spec["source"] != "hf" and not Path(spec["path"]).exists():
+            problems.append(f"reward.eval_pairs[{i}].path: file or folder not found: {spec['path']}")
+        if spec["name"] in names[:i] or spec["name"].startswith("validation"):
+            problems.append(f"reward.eval_pairs[{i}].name: '{spec['name']}' is taken (names are unique, and "
+                            "'validation*' names the reward model's own held-out pairs)")
     if data["min_summary_tokens"] > data["max_summary_tokens"]:
         problems.append("data.min_summary_tokens: larger than data.max_summary_tokens")
     rl = p["rl"]

@@ -26,6 +26,7 @@ RL = "models/rl/{method}_s{seed}"          # consolidated from RL_RUN
 GENERATIONS = "reports/generations/{policy}.jsonl"
 EVAL = "reports/eval/{policy}.json"
 JUDGE = "reports/judge.json"
+REWARD_EVAL = "reports/reward_eval.json"
 CURVES = "reports/curves"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
@@ -133,9 +134,11 @@ STAGES: tuple[Stage, ...] = (
         "sumrl reward",
         deps=(f"{CODE}/train/reward.py", *TRAIN_CODE, *SHARED_CODE, PAIRS, BASE),
         outs=(REWARD_RUN,),
-        params=("seed", "reward", "prompt", "compute", "model.reward_base", "model.dtype",
-                "data.max_document_tokens", "data.max_summary_tokens", "evaluate.batch_size"),
-        metrics=("reports/reward_eval.json",),
+        # Leaf keys: which sets reward-eval scores (reward.eval_pairs) does not retrain the model.
+        params=("seed", *(f"reward.{k}" for k in ("kind", "num_scores", "lora", "learning_rate", "epochs",
+                                                  "batch_size", "checkpoint_every")),
+                "prompt", "compute", "model.reward_base", "model.dtype", "data.max_document_tokens",
+                "data.max_summary_tokens"),
         plots=(f"{CURVES}/reward.csv",),
     ),
     Stage(
@@ -146,6 +149,15 @@ STAGES: tuple[Stage, ...] = (
         params=("compute",),
         metrics=(CONSOLIDATION,),
         extra={"trained": ("sft", "reward")},
+    ),
+    Stage(
+        # The files named by reward.eval_pairs are read here; they are params, not deps (their paths vary).
+        "reward_eval",
+        "sumrl reward-eval",
+        deps=(f"{CODE}/evaluate/reward_eval.py", f"{CODE}/data/sources.py", *SHARED_CODE, PAIRS, REWARD),
+        outs=(),
+        params=("reward.eval_pairs", "prompt", "evaluate.batch_size", "model.dtype", "compute"),
+        metrics=(REWARD_EVAL,),
     ),
     Stage(
         "rl",
@@ -222,7 +234,7 @@ STAGES: tuple[Stage, ...] = (
         "report",
         "sumrl report",
         deps=(f"{CODE}/report", f"{CODE}/evaluate/metrics.py", "reports/eval", "reports/generations", CURVES,
-              "reports/reward_eval.json", "reports/consolidate", PAIRS, JUDGE),
+              REWARD_EVAL, "reports/consolidate", PAIRS, JUDGE),
         outs=("reports/report.md", "reports/index.html"),
         params=("report", "rl.methods", "rl.seeds"),
         metrics=("reports/metrics.json",),

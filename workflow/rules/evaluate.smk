@@ -119,6 +119,33 @@ rule evaluate_rl:
         "sumrl evaluate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
 
 
+rule reward_eval:
+    input:
+        code("src/sumrl/evaluate/reward_eval.py"),
+        "src/sumrl/data/sources.py",
+        SHARED_CODE,
+        "data/pairs",
+        "models/reward",
+    output:
+        "reports/reward_eval.json",
+    log:
+        "logs/reward_eval.log",
+    conda:
+        "../envs/sumrl.yaml"
+    threads: THREADS
+    resources:
+        mem_mb=mem_mb(8000),
+        runtime=60,
+    params:
+        reward_eval_pairs=config["reward"]["eval_pairs"],
+        prompt=config["prompt"],
+        evaluate_batch_size=config["evaluate"]["batch_size"],
+        model_dtype=config["model"]["dtype"],
+        compute=config["compute"],
+    shell:
+        "sumrl reward-eval > {log} 2>&1"
+
+
 rule judge:
     input:
         code("src/sumrl/evaluate/judge.py"),

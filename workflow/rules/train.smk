@@ -42,7 +42,6 @@ rule reward:
         "models/base",
     output:
         directory("models/reward_run"),
-        "reports/reward_eval.json",
         "reports/curves/reward.csv",
     log:
         "logs/reward.log",
@@ -55,14 +54,19 @@ rule reward:
         gpu=GPU,
     params:
         seed=config["seed"],
-        reward=config["reward"],
+        reward_kind=config["reward"]["kind"],
+        reward_num_scores=config["reward"]["num_scores"],
+        reward_lora=config["reward"]["lora"],
+        reward_learning_rate=config["reward"]["learning_rate"],
+        reward_epochs=config["reward"]["epochs"],
+        reward_batch_size=config["reward"]["batch_size"],
+        reward_checkpoint_every=config["reward"]["checkpoint_every"],
         prompt=config["prompt"],
         compute=config["compute"],
         model_reward_base=config["model"]["reward_base"],
         model_dtype=config["model"]["dtype"],
         data_max_document_tokens=config["data"]["max_document_tokens"],
         data_max_summary_tokens=config["data"]["max_summary_tokens"],
-        evaluate_batch_size=config["evaluate"]["batch_size"],
     shell:
         "sumrl reward > {log} 2>&1"
 

@@ -15,7 +15,7 @@ from sumrl.report import plots
 from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
 from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, Inputs, consolidation_path, curve_path,
                                  load_inputs, rl_curve_name)
-from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_value,
+from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_pm, fmt_value,
                                  headline_table, judge_table, key_value_table, length_bins, length_bins_table,
                                  length_fit, metrics_json, policy_summary, sample_blocks, sample_ids, seed_spread,
                                  seed_table)
@@ -191,10 +191,34 @@ def reward_model_section(inputs: Inputs) -> list[Block]:
     ev = inputs.reward_eval
     if ev is None:
         return blocks + [Paragraph(f"Not available: `{REWARD_EVAL}` not found.")]
-    if "accuracy" in ev:
-        blocks.append(Paragraph(f"Held-out pairwise accuracy: {fmt_value(ev['accuracy'])} "
-                                "(fraction of validation pairs where chosen outscores rejected)."))
-    return blocks + [key_value_table(ev)]
+    if "sets" not in ev:
+        return blocks + [key_value_table(ev)]
+    generated = ev.get("pairs_origin") != "human"
+    return blocks + [
+        reward_sets_table(ev["sets"]),
+        Paragraph("Accuracy: share of pairs where the reward model scores chosen above rejected (± s.e.). "
+                  "Prefers shorter: among pairs whose sides differ in length, how often the RM's preferred side "
+                  "is the shorter one, next to how often the label's is. Where the two differ, the RM has a length "
+                  "preference the labels do not; a length-balanced accuracy (sides within 10% in tokens) near the "
+                  "overall one says the RM ranks by more than length."
+                  + (" The `validation` sets are generated pairs (not human judgements): a high accuracy there "
+                     "shows only that the RM tells the reference from these negatives. Human preferences from "
+                     "another source (`reward.eval_pairs`) are the test of whether it agrees with people."
+                     if generated else "")),
+    ]
+
+
+def reward_sets_table(sets: dict[str, dict]) -> Table:
+    header = ("Set", "Pairs", "Accuracy ± s.e.", "RM prefers shorter", "Label prefers shorter",
+              "Length-balanced accuracy (pairs)")
+    rows = tuple(
+        (name, str(s["pairs"]), fmt_pm(s["accuracy"], s["accuracy_se"]), fmt_pct(s["rm_prefers_shorter"]),
+         fmt_pct(s["label_prefers_shorter"]),
+         f"{fmt_pm(s['length_balanced_accuracy'], s['length_balanced_accuracy_se'])} ({s['length_balanced_pairs']})")
+        # The RM's own held-out pairs first (JSON files keep keys sorted), then the sets it never saw.
+        for name, s in sorted(sets.items(), key=lambda item: (not item[0].startswith("validation"), item[0]))
+    )
+    return Table(header, rows, "numbers")
 
 
 def pairs_section(inputs: Inputs) -> list[Block]:

@@ -219,7 +219,7 @@ def metrics_json(summary: dict[str, dict], spread: dict | None, inputs: Inputs, 
             for method, stats in spread.items()
         }
     if inputs.reward_eval is not None:
-        out["reward_model"] = _rounded(inputs.reward_eval)
+        out["reward_model"] = _rounded(flatten(inputs.reward_eval))
     checks = {f"{stage}_ok": bool(c.get("ok")) for stage, c in inputs.consolidation.items() if c is not None}
     if checks:
         out["consolidation"] = checks

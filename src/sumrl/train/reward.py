@@ -4,12 +4,12 @@ Two heads (reward.kind):
   scalar         one logit, Bradley-Terry loss -log sigmoid(r_chosen - r_rejected) (trl's own loss);
   probabilistic  a distribution over scores 1..n, loss -log sum_{i>j} p_chosen(i) p_rejected(j);
                  reward = E[s], and its spread sigma is available to the RL methods.
-After training, pairwise accuracy on the held-out pairs goes to reports/reward_eval.json.
+How far the trained model agrees with held-out and human preferences is `sumrl reward-eval`'s job
+(evaluate/reward_eval.py), on the consolidated model.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -18,10 +18,10 @@ from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from sumrl import runtime, stages
-from sumrl.artifacts import read_json, read_jsonl, write_json
+from sumrl.artifacts import read_jsonl
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_tokenizer, lora_config, torch_dtype, use_distinct_pad
-from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits, score_texts
+from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits
 from sumrl.train.common import CurveCallback, checkpoint_dir, run_trainer, trainer_args, write_run
 
 
@@ -79,7 +79,9 @@ def run(params: dict, args) -> None:
     fmt = PromptFormat.from_params(tokenizer, params)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
-    work_dir, resume_from = checkpoint_dir("reward", params, cfg, getattr(args, "restart", False))
+    # Which sets the trained model is evaluated on does not change the training: not in the fingerprint.
+    trained_by = {key: value for key, value in cfg.items() if key != "eval_pairs"}
+    work_dir, resume_from = checkpoint_dir("reward", params, trained_by, getattr(args, "restart", False))
     config = RewardConfig(
         **trainer_args(cfg, params, work_dir),
         max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
@@ -102,39 +104,9 @@ def run(params: dict, args) -> None:
                                   "learning_rate": "learning_rate"}, resume_from)],
     )
     run_trainer(trainer, params, resume_from)
-    evaluation = pairwise_accuracy(trainer.model, tokenizer, fmt, val_rows, cfg["kind"],
-                                   params["evaluate"]["batch_size"])
-    evaluation["pairs_origin"] = _pairs_origin()
-    write_json("reports/reward_eval.json", evaluation)
     write_run(Path(stages.REWARD_RUN), work_dir, trainer, {
         "stage": "reward", "task": "sequence_classification", "base": base, "num_labels": num_labels(cfg),
         "reward": {"kind": cfg["kind"], "num_scores": num_labels(cfg)},
         "deepspeed": params["compute"]["deepspeed"], "lora": True, "steps": trainer.state.global_step,
         "train_pairs": len(train_rows), "validation_pairs": len(val_rows),
     })
-
-
-@torch.no_grad()
-def pairwise_accuracy(model, tokenizer, fmt: PromptFormat, rows: list[dict], kind: str, batch_size: int) -> dict:
-    """Share of held-out pairs where r(chosen) > r(rejected), with its standard error."""
-    model.eval()
-    prompts = [fmt.prompt(r["document"]) for r in rows]
-    chosen, _ = score_texts(model, tokenizer, [p + fmt.completion(r["chosen"]) for p, r in zip(prompts, rows)],
-                            kind, batch_size)
-    rejected, _ = score_texts(model, tokenizer, [p + fmt.completion(r["rejected"]) for p, r in zip(prompts, rows)],
-                              kind, batch_size)
-    wins = (chosen > rejected).float()
-    n = len(rows)
-    acc = wins.mean().item() if n else float("nan")
-    return {
-        "kind": kind,
-        "validation_pairs": n,
-        "accuracy": round(acc, 4),
-        "accuracy_se": round(math.sqrt(acc * (1 - acc) / n), 4) if n else None,
-        "mean_margin": round((chosen - rejected).mean().item(), 4) if n else None,
-    }
-
-
-def _pairs_origin() -> str:
-    card = Path(stages.PAIRS) / "card.json"
-    return read_json(card).get("origin", "unknown") if card.is_file() else "unknown"
