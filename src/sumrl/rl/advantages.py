@@ -100,6 +100,14 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages, (advantages + values) * mask
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - V) / Var(returns) over valid tokens: 1 is a perfect value model, <= 0 a useless one."""
+    var = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
+    residual = returns - values
+    var_residual = masked_mean((residual - masked_mean(residual, mask)) ** 2, mask)
+    return 1 - var_residual / var.clamp_min(1e-12)
+
+
 # --- Losses ---------------------------------------------------------------------------------------
 
 def sequence_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor

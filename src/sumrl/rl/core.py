@@ -108,7 +108,8 @@ def rollout(policy, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str,
     raw_scores, sigma = score_completions(reward_model, rm_tokenizer, prompts, [fmt.completion(t) for t in texts],
                                           rm_kind)
     scores = penalized_scores(raw_scores, has_eos, cfg["missing_eos_penalty"])
-    batch = Rollout(groups, completion_ids, mask, has_eos, None, ref_logp * mask, scores, sigma, entropy=entropy * mask)
+    batch = Rollout(groups, completion_ids, mask, has_eos, None, ref_logp * mask, scores, sigma, entropy=entropy * mask,
+                    kl_coef=cfg["kl_coef"])
     if with_pi_old:
         batch = batch.with_policy(*forward_completion(policy, groups, completion_ids, cfg["temperature"], value_head))
     stats = {"score_mean": raw_scores.mean().item(), "length": mask.sum(1).mean().item(),

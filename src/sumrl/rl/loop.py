@@ -3,11 +3,13 @@
     for each step:                                                    (rl_step is one iteration)
         prompts        <- the next rollout_batch_size / k prompts (k samples each)
         rollout        <- sample y ~ pi(.|x); log pi_old, log pi_ref, V (PPO); score r_phi(x, y) - EOS penalty
+        guards         <- normalize the scores, length penalty, the KL coefficient in force (rl/guards.py)
         advantages     <- the method's (moving-average / leave-one-out baseline, or GAE)
         for epoch, mini-batch:
             loss       <- the method's loss on fresh log pi (and V)
             step the optimizer on the LoRA adapter (and value head): plain torch or DeepSpeed (rl/engine.py)
-        log reward, KL, entropy, length, EOS rate, loss, clip fraction, value loss, seconds
+        log reward, RM score, KL (k1 and k3), beta, entropy, length, EOS rate, loss, clip fraction, value loss,
+            explained variance, seconds; adapt beta to the measured KL (adaptive control)
         checkpoint every rl.checkpoint_every steps (resumed automatically after a kill)
 
 Every pass runs each prompt once, however many completions it has (rl/prefix.py). With one epoch and one
@@ -33,6 +35,7 @@ from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
 from sumrl.rl import advantages as F
 from sumrl.rl.core import ValueHead, add_lora, forward_completion, rollout
 from sumrl.rl.engine import build_engine, read_state
+from sumrl.rl.guards import Guards
 from sumrl.rl.methods import Method, build_method
 
 log = logging.getLogger("sumrl.rl")
@@ -69,9 +72,11 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
 
     tokenizer = load_tokenizer(sft_dir, params["compute"]["trust_remote_code"])
     fmt = PromptFormat.from_params(tokenizer, params)
-    prompts = [fmt.prompt(row["document"]) for row in read_jsonl(prompts_path)]
+    rows = read_jsonl(prompts_path)
+    prompts = [fmt.prompt(row["document"]) for row in rows]
     if not prompts:
         raise ValueError(f"{prompts_path}: no RL prompts")
+    reference_lengths = _reference_lengths(tokenizer, prompts, rows)
     policy = add_lora(load_policy(sft_dir, params, device), cfg["lora"])
     if method.needs_values:
         policy.add_module(VALUE_HEAD, ValueHead(policy.config.hidden_size).to(device))
@@ -83,8 +88,9 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
                          f"over {engine.world_size} processes")
     main = engine.rank == 0
 
+    guards = Guards(cfg)
     fingerprint = _fingerprint(params, method_name, seed)
-    start = 0 if restart else _resume(ckpt_dir, fingerprint, engine, method)
+    start = 0 if restart else _resume(ckpt_dir, fingerprint, engine, method, guards)
     if start == 0 and ckpt_dir.exists() and main:
         shutil.rmtree(ckpt_dir)
     logger = CurveLogger(curve_path, resume=start > 0) if main else None
@@ -99,35 +105,43 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         runtime.seed_everything(seed * 100_003 + step + 7_919_111 * engine.rank)
         step_prompts = _prompts_for_step(prompts, step, prompts_per_step, seed)
         mine = step_prompts[engine.rank::engine.world_size]  # data parallel: each process its share of prompts
+        rows_prompts = [p for p in mine for _ in range(k)]
         batch, stats, losses, extras = rl_step(engine, policy, method, fmt, reward_model, rm_tokenizer,
-                                               rm_meta["kind"], [p for p in mine for _ in range(k)], cfg)
+                                               rm_meta["kind"], rows_prompts, cfg, guards=guards,
+                                               reference_lengths=_lengths_of(reference_lengths, rows_prompts))
         seq_kl = F.sequence_kl(batch.logp, batch.ref_logp, batch.mask)
+        guards.update(seq_kl.mean().item(), len(batch))
 
         if logger:
             logger.log({
                 "step": step + 1,
                 "episodes": (step + 1) * cfg["rollout_batch_size"],
-                "reward_mean": F.kl_shaped_return(batch.scores, seq_kl, cfg["kl_coef"]).mean().item(),
+                "reward_mean": F.kl_shaped_return(batch.scores, seq_kl, batch.kl_coef).mean().item(),
                 "reward_std": batch.scores.std().item() if len(batch) > 1 else 0.0,
                 "score_mean": stats["score_mean"],
                 "kl": seq_kl.mean().item(),
+                "kl_k3": F.masked_sum(F.kl_k3(batch.logp, batch.ref_logp), batch.mask, dim=1).mean().item(),
+                "kl_coef": batch.kl_coef,
                 "entropy": F.masked_mean(batch.entropy, batch.mask).item(),
                 "length": stats["length"],
                 "eos_rate": stats["eos_rate"],
                 "loss": sum(losses) / len(losses),
                 "clip_frac": _mean_of(extras, "clip_frac"),
                 "value_loss": _mean_of(extras, "value_loss"),
+                "explained_variance": stats.get("explained_variance", ""),
                 "seconds": time.perf_counter() - t0,
             })
         if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < num_steps:
-            engine.save(ckpt_dir, {"step": step + 1, "fingerprint": fingerprint, "method": method.state_dict()})
+            engine.save(ckpt_dir, {"step": step + 1, "fingerprint": fingerprint, "method": method.state_dict(),
+                                   "guards": guards.state_dict()})
             log.info("checkpoint at step %d -> %s", step + 1, ckpt_dir)
         if stop_after is not None and step + 1 >= stop_after:
             return {"stopped_at": step + 1}
 
     summary = {"method": method_name, "seed": seed, "steps": num_steps, "resumed_from": start,
                "seconds": round(time.perf_counter() - t_run, 1)}
-    save_final(engine, policy, ckpt_dir, {"step": num_steps, "fingerprint": fingerprint, "method": method.state_dict()})
+    save_final(engine, policy, ckpt_dir, {"step": num_steps, "fingerprint": fingerprint, "method": method.state_dict(),
+                                          "guards": guards.state_dict()})
     if main:
         write_run(out_dir, ckpt_dir, tokenizer, {
             **summary, "stage": "rl", "task": "causal_lm", "base": sft_dir, "num_labels": None, "reward": None,
@@ -167,9 +181,12 @@ def _value_head(policy) -> ValueHead | None:
 
 
 def rl_step(engine, policy, method: Method, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str,
-            prompts: list[str], cfg: dict) -> tuple:
-    """One iteration on this process's `prompts` (each repeated k times): rollout, advantages, update.
-    Returns the rollout, its stats, and the losses and loss stats of each optimizer step."""
+            prompts: list[str], cfg: dict, guards: Guards | None = None, reference_lengths: torch.Tensor | None = None
+            ) -> tuple:
+    """One iteration on this process's `prompts` (each repeated k times): rollout, guards (the run's, or fresh
+    ones from `cfg`), advantages, update. Returns the shaped rollout, its stats, and the losses and loss stats
+    of each optimizer step."""
+    guards = guards or Guards(cfg)
     value_head = _value_head(policy)
     single = is_single_update(cfg, len(prompts))
     with engine.full_weights():
@@ -179,7 +196,9 @@ def rl_step(engine, policy, method: Method, fmt: PromptFormat, reward_model, rm_
     if single:  # the update's one forward, taken before the advantages: pi_theta is pi_old here
         on_policy_pass = policy_pass(engine, value_head, batch, cfg)
         batch = batch.with_policy(*on_policy_pass)
+    batch = guards.shape(batch, reference_lengths)
     adv, extra = method.advantages(batch)
+    stats.update({key: value for key, value in extra.items() if isinstance(value, float)})
     losses, extras = update(engine, value_head, method, batch, adv, extra, cfg, on_policy_pass)
     return batch, stats, losses, extras
 
@@ -257,7 +276,19 @@ def _fingerprint(params: dict, method: str, seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _resume(ckpt_dir: Path, fingerprint: str, engine, method: Method) -> int:
+def _reference_lengths(tokenizer, prompts: list[str], rows: list[dict]) -> dict[str, int] | None:
+    """prompt -> tokens of its human reference + EOS (the length penalty's target); None without references."""
+    if not all(row.get("summary") for row in rows):
+        return None
+    ids = tokenizer([row["summary"] for row in rows], add_special_tokens=False)["input_ids"]
+    return {prompt: len(x) + 1 for prompt, x in zip(prompts, ids)}
+
+
+def _lengths_of(lengths: dict[str, int] | None, prompts: list[str]) -> torch.Tensor | None:
+    return None if lengths is None else torch.tensor([lengths[p] for p in prompts])
+
+
+def _resume(ckpt_dir: Path, fingerprint: str, engine, method: Method, guards: Guards) -> int:
     state = read_state(ckpt_dir)
     if state is None:
         return 0
@@ -266,5 +297,6 @@ def _resume(ckpt_dir: Path, fingerprint: str, engine, method: Method) -> int:
         return 0
     engine.load(ckpt_dir, state)
     method.load_state_dict(state["method"])
+    guards.load_state_dict(state["guards"])
     log.info("resuming %s from step %d", ckpt_dir, state["step"])
     return state["step"]

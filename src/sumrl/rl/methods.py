@@ -23,6 +23,7 @@ class Rollout:
     sigma: torch.Tensor         # [N] RM spread (0 for a scalar RM)
     values: torch.Tensor | None = None   # [N, T] PPO value head
     entropy: torch.Tensor | None = None  # [N, T] entropy of the sampling distribution (logged)
+    kl_coef: float = 0.0        # beta in force for this rollout (rl/guards.py: fixed or adaptive)
 
     def with_policy(self, logp: torch.Tensor, values: torch.Tensor | None) -> Rollout:
         """The batch with pi_old (and V) filled in, masked after EOS and off the graph."""

@@ -13,11 +13,12 @@ class PPO(Method):
 
     def advantages(self, batch: Rollout):
         ppo = self.cfg["ppo"]
-        rewards = F.per_token_rewards(batch.scores, batch.logp, batch.ref_logp, batch.mask, self.cfg["kl_coef"])
+        rewards = F.per_token_rewards(batch.scores, batch.logp, batch.ref_logp, batch.mask, batch.kl_coef)
         adv, returns = F.gae(rewards, batch.values, batch.mask, ppo["gamma"], ppo["lam"])
         if self.cfg["variance_regularized"]:
             adv = F.variance_regularize(adv, batch.sigma.unsqueeze(1))
-        return F.masked_whiten(adv, batch.mask), {"returns": returns}
+        explained = F.explained_variance(batch.values, returns, batch.mask).item()
+        return F.masked_whiten(adv, batch.mask), {"returns": returns, "explained_variance": explained}
 
     def loss_weight(self, batch, micro, idx):
         """The losses are means over completion tokens: a micro-batch weighs its share of the tokens."""

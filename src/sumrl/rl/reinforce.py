@@ -19,7 +19,7 @@ class Reinforce(Method):
 
     def advantages(self, batch: Rollout):
         returns = F.kl_shaped_return(batch.scores, F.sequence_kl(batch.logp, batch.ref_logp, batch.mask),
-                                     self.cfg["kl_coef"])
+                                     batch.kl_coef)
         if self.baseline is None:  # the first batch has no past: its own mean is the only baseline there is
             self.baseline = returns.mean().item()
         adv = returns - self.baseline

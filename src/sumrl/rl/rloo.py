@@ -16,7 +16,7 @@ class RLOO(Method):
 
     def advantages(self, batch: Rollout):
         returns = F.kl_shaped_return(batch.scores, F.sequence_kl(batch.logp, batch.ref_logp, batch.mask),
-                                     self.cfg["kl_coef"])
+                                     batch.kl_coef)
         adv = returns - F.leave_one_out_baseline(returns, self.samples_per_prompt)
         if self.cfg["variance_regularized"]:
             adv = F.variance_regularize(adv, batch.sigma)
