@@ -8,6 +8,8 @@ by Snakemake when a real run starts, but not by a dry run, so every preset plans
 from __future__ import annotations
 
 import sys
+import json
+from pathlib import Path
 
 import pytest
 from frontends import ROOT, SNAKEMAKE, job_stats, run, scratch_workflow, stage_counts
@@ -23,6 +25,7 @@ EXPECTED = {
     "korean-dialogue-rloo.yaml",
     "helpsteer2-reinforce.yaml",
     "helpsteer2-reinforce-probabilistic.yaml",
+    "tldr-human.yaml",
 }
 
 
@@ -106,3 +109,32 @@ def test_validate_write_bakes_a_preset_into_a_params_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert load_params(out) == load_params(ROOT / "params.yaml", ROOT / "presets" / "helpsteer2-reinforce.yaml")
     assert read_yaml(out) != read_yaml(ROOT / "params.yaml")
+
+
+def tldr_human_local_overrides(shared: Path) -> list[str]:
+    """bench/tldr-human-local.overrides with ${SHARED} filled in: what bench/tldr_human_local.sh gives `--set`."""
+    lines = (ROOT / "bench" / "tldr-human-local.overrides").read_text().splitlines()
+    return [line.replace("${SHARED}", str(shared)) for line in lines if line and not line.startswith("#")]
+
+
+def test_tldr_human_on_the_shared_human_comparisons(shared_data, tiny_model_dir, tmp_path, monkeypatch):
+    """The preset with its local overrides: TL;DR posts for SFT / RL / test (the validation posts), the RM's pairs
+    the human comparisons with their own train / validation split, nothing generated."""
+    from conftest import TINY_OVERRIDES
+    from sumrl.data import pairs, prepare
+    from sumrl.data.sources import load_rows
+    from sumrl.models.load import load_tokenizer
+
+    params = load_params(ROOT / "params.yaml", ROOT / "presets" / "tldr-human.yaml", [
+        *tldr_human_local_overrides(shared_data), *TINY_OVERRIDES, f"model.base={tiny_model_dir}",
+        "data.max_document_tokens=1024", "data.max_summary_tokens=256"])
+    monkeypatch.chdir(tmp_path)
+    tok = load_tokenizer(str(tiny_model_dir))
+    splits, card = prepare.prepare(load_rows(params), tok, params)
+    validation_posts = {" ".join(json.loads(line)["prompt"].split())
+                        for line in open(shared_data / "tldr_feedback_comparisons_small" / "pref_validation.jsonl")}
+    assert 0 < len(splits["test"]) <= 6 and all(" ".join(r["document"].split()) in validation_posts for r in splits["test"])
+    assert not {r["document"] for r in splits["sft"] + splits["rl"]} & {r["document"] for r in splits["test"]}
+    pair_splits, pair_card = pairs.human_pairs(pairs.load_pair_rows(params), tok, params)
+    assert pair_card["origin"] == pairs.HUMAN
+    assert len(pair_splits["validation"]) == 81 and len(pair_splits["train"]) == 841 - pair_card["dropped"]

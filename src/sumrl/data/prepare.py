@@ -84,7 +84,8 @@ def prepare(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list[Row
     ledger = Ledger(data["on_bad_rows"])
     for problem in loaded.problems:
         ledger.bad(problem)
-    items = [(normalize_row(row), origin) for row, origin in zip(loaded.rows, loaded.origins)]
+    items = [(with_test_split(normalize_row(row), data["test_split"]), origin)
+             for row, origin in zip(loaded.rows, loaded.origins)]
     items = drop_duplicate_ids(items, fields["id"], ledger)
     items = drop_leaks(items, "test", fields["document"], ledger)
     ledger.raise_errors()
@@ -92,7 +93,7 @@ def prepare(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list[Row
     rows, lengths = filter_lengths([row for row, _ in items], tokenizer, data, ledger)
     test = cap([r for r in rows if r["split"] == "test"], data["max_test"], seed, ledger)
     splits = {**assign_splits([r for r in rows if r["split"] != "test"], data["splits"], seed, ledger), "test": test}
-    check_not_empty(splits, loaded, ledger)
+    check_not_empty(splits, loaded, ledger, data["test_split"])
     tokens = {name: {f: length_stats([lengths[r["id"]][f] for r in split_rows]) for f in ("document", "summary")}
               for name, split_rows in splits.items()}
     card = data_card("Data card: prepared data", [], loaded.source, loaded.read, splits, ledger, tokens)
@@ -222,14 +223,23 @@ def assign_splits(rows: list[Row], fractions: dict, seed: int, ledger: Ledger) -
     return out
 
 
-def check_not_empty(splits: dict[str, list], loaded: Loaded, ledger: Ledger) -> None:
+def with_test_split(row: Row, test_split: str) -> Row:
+    """data.test_split names the source split held out as the test set; a source `test` split it displaces
+    joins the pool the other splits are drawn from."""
+    if test_split == "test" or row["split"] not in (test_split, "test"):
+        return row
+    return {**row, "split": "test" if row["split"] == test_split else "validation"}
+
+
+def check_not_empty(splits: dict[str, list], loaded: Loaded, ledger: Ledger, test_split: str = "test") -> None:
     empty = [name for name, rows in splits.items() if not rows]
     if not empty:
         return
     files = ", ".join(f"{f} ({s})" for f, s in loaded.source.get("files", {}).items())
     hint = ""
-    if "test" in empty and not loaded.read["test"]:
-        hint = "; the source has no test split: name a file or split *test*"
+    if "test" in empty and not loaded.read[test_split]:
+        hint = (f"; the source has no '{test_split}' split (data.test_split): name a file or split *{test_split}*, "
+                "or set data.test_split to one it has")
     raise DataError(f"{loaded.source.get('path', loaded.source['kind'])}: split(s) {', '.join(empty)} empty after "
                     f"filtering; rows read {dict(loaded.read)} from {files or 'the source'}; "
                     f"dropped: {ledger.summary()}{hint}")
