@@ -80,7 +80,8 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
     params = load_params(ROOT / "params.yaml", check_files=False, overrides=[
         f"rl.rloo.k={cfg['k']}", f"rl.kl_coef={cfg['kl_coef']}", f"rl.max_new_tokens={cfg['max_new_tokens']}",
         f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1",
-        f"rl.micro_batch_size={'null' if micro is None else micro}", f"model.dtype={cfg['dtype']}"])
+        f"rl.micro_batch_size={'null' if micro is None else micro}", f"model.dtype={cfg['dtype']}",
+        "rl.length_penalty=0"])  # trl's RLOO has no length penalty: the same objective on both sides
     rl = {**params["rl"], "learning_rate": cfg["learning_rate"]}
     tok = load_tokenizer(model_dir)
     policy = add_lora(load_policy(model_dir, params), {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"],

@@ -76,5 +76,7 @@ def rl_inputs(tmp_path_factory, tiny_model_dir):
         (root / f"rm_{kind}" / "sumrl_reward.json").write_text(json.dumps({"kind": kind, "num_scores": n}))
     with open(root / "rl.jsonl", "w") as fh:
         for doc in list(ACLSum("val"))[:6]:
-            fh.write(json.dumps({"id": doc.id, "document": " ".join(doc.sentences["abstract"])[:400]}) + "\n")
+            # a summary per prompt: the reference length rl.length_penalty measures against
+            fh.write(json.dumps({"id": doc.id, "document": " ".join(doc.sentences["abstract"])[:400],
+                                 "summary": " ".join(doc.sentences["abstract"])[:120]}) + "\n")
     return root

@@ -153,7 +153,9 @@ def test_single_update_reuses_its_forward_as_pi_old_and_takes_the_same_step(meth
     from sumrl.rl.loop import is_single_update, rl_step
     from sumrl.rl.methods import build_method
 
-    params = _params(tiny_model_dir, "rl.mini_batches=1", "rl.epochs=1", "rl.rollout_batch_size=4", "rl.rloo.k=2")
+    # no length penalty: the step is called without the prompts' reference lengths
+    params = _params(tiny_model_dir, "rl.mini_batches=1", "rl.epochs=1", "rl.rollout_batch_size=4", "rl.rloo.k=2",
+                     "rl.length_penalty=0")
     runtime.setup(0, 2)
     tok = load_tokenizer(str(tiny_model_dir))
     rm, meta = load_reward_model(str(rl_inputs / "rm_scalar"), params)
