@@ -219,8 +219,21 @@ def test_a_source_without_a_test_split_says_so(tiny_params, tok, tmp_path):
     folder = write_source(tmp_path / "src", good_line(99))
     (folder / "test.jsonl").unlink()
     params = source_params(tiny_params, folder / "train.jsonl", "error")
-    with pytest.raises(DataError, match="the source has no test split"):
+    with pytest.raises(DataError, match=r"the source has no 'test' split \(data.test_split\).*set data.test_split"):
         prepare(load_rows(params), tok, params)
+
+
+def test_test_split_names_the_held_out_source_split(tiny_params, tok, tmp_path):
+    """data.test_split: validation holds out the source's validation rows; its test rows join the pool."""
+    folder = write_source(tmp_path / "src", good_line(99))
+    (folder / "validation.jsonl").write_bytes(
+        b'{"id": "v1", "document": "A validation document, held out.", "summary": "Its own summary."}\n')
+    params = with_overrides(source_params(tiny_params, folder, "error"), "data.test_split=validation",
+                            "data.max_test=null")
+    splits, _ = prepare(load_rows(params), tok, params)
+    assert [r["id"] for r in splits["test"]] == ["v1"]
+    pooled = {r["id"] for name in ("sft", "pref", "rl") for r in splits[name]}
+    assert {"t1", "t2"} <= pooled  # the source's test rows are training material now
 
 
 def test_prepare_is_deterministic_and_seed_dependent(tiny_params, tok, tmp_path):
