@@ -35,7 +35,7 @@ run-dvc: setup  ## the same DAG with DVC (.dvc/ is committed: the project is a D
 	$(BIN)/dvc repro
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/snakemake --lint
