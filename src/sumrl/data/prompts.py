@@ -33,6 +33,11 @@ class PromptFormat:
             )
         return f"{user}\n\nSummary:"
 
+    def completion_lengths(self, summaries: list[str]) -> list[int]:
+        """Tokens of each summary as a completion, EOS included: how a generated summary's length is counted."""
+        ids = self.tokenizer([s.strip() for s in summaries], add_special_tokens=False)["input_ids"]
+        return [len(x) + 1 for x in ids]
+
     def completion(self, summary: str) -> str:
         """A target completion: the summary closed by EOS, so the policy learns to stop."""
         body = summary.strip() if self.chat else " " + summary.strip()

@@ -121,12 +121,6 @@ def reward_per_example(params: dict, rows: list[dict], device) -> tuple[dict[str
     return {"reward": rewards.tolist(), "sigma": sigmas.tolist(), "reference_reward": reference_rewards.tolist()}, meta
 
 
-def reference_lengths(tokenizer, rows: list[dict]) -> list[int]:
-    """Tokens of each human reference plus its EOS: counted as a generated summary's length is."""
-    ids = tokenizer([row["reference"] for row in rows], add_special_tokens=False)["input_ids"]
-    return [len(x) + 1 for x in ids]
-
-
 def kl_to_sft_per_example(params: dict, policy_name: str, tokenizer, rows: list[dict], device) -> list[float]:
     folder = stages.policy_dir(policy_name)
     policy = load_policy(folder, params, device).eval()
@@ -180,7 +174,8 @@ def run(params: dict, args) -> None:
     scores, meta = reward_per_example(params, rows, device)
     tokenizer = load_tokenizer(stages.policy_dir(policy), params["compute"]["trust_remote_code"])
     kls = kl_to_sft_per_example(params, policy, tokenizer, rows, device)
-    examples = example_records(rows, scores, kls, reference_lengths(tokenizer, rows))
+    fmt = PromptFormat.from_params(tokenizer, params)
+    examples = example_records(rows, scores, kls, fmt.completion_lengths([row["reference"] for row in rows]))
     result = {
         "policy": policy,
         "n": len(examples),

@@ -55,8 +55,7 @@ def paired_delta(examples: list[dict], reference: list[dict], key: str = "reward
 
     Pairing removes the spread between easy and hard inputs, which both policies share.
     """
-    ref = {e["id"]: e[key] for e in reference}
-    diffs = [e[key] - ref[e["id"]] for e in examples if e["id"] in ref]
+    diffs = [a - b for a, b in zip(*paired(examples, reference, key))]
     if not diffs:
         return math.nan, None
     return mean_stderr(diffs)

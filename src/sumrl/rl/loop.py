@@ -76,7 +76,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     prompts = [fmt.prompt(row["document"]) for row in rows]
     if not prompts:
         raise ValueError(f"{prompts_path}: no RL prompts")
-    reference_lengths = _reference_lengths(tokenizer, prompts, rows)
+    reference_lengths = _reference_lengths(fmt, prompts, rows)
     policy = add_lora(load_policy(sft_dir, params, device), cfg["lora"])
     if method.needs_values:
         policy.add_module(VALUE_HEAD, ValueHead(policy.config.hidden_size).to(device))
@@ -276,12 +276,11 @@ def _fingerprint(params: dict, method: str, seed: int) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _reference_lengths(tokenizer, prompts: list[str], rows: list[dict]) -> dict[str, int] | None:
+def _reference_lengths(fmt: PromptFormat, prompts: list[str], rows: list[dict]) -> dict[str, int] | None:
     """prompt -> tokens of its human reference + EOS (the length penalty's target); None without references."""
     if not all(row.get("summary") for row in rows):
         return None
-    ids = tokenizer([row["summary"] for row in rows], add_special_tokens=False)["input_ids"]
-    return {prompt: len(x) + 1 for prompt, x in zip(prompts, ids)}
+    return dict(zip(prompts, fmt.completion_lengths([row["summary"] for row in rows])))
 
 
 def _lengths_of(lengths: dict[str, int] | None, prompts: list[str]) -> torch.Tensor | None:
