@@ -3,7 +3,8 @@
 `pairs.source: generated` (ACLSum has no human preferences): chosen = the human reference summary of a
 `pref` row, rejected = one summary per kind in `pairs.negatives` (data/negatives.py: length-matched base-model
 samples, other documents' references, references with a sentence swapped in). These are not human
-judgements, and the card says so, with each kind's length ratio and how often each side ends. `jsonl | parquet | hf`: human preference pairs read from `pairs.path` through `pairs.fields`, checked
+judgements, and the card says so, with each kind's length ratio and how often each side ends.
+`jsonl | parquet | hf`: human preference pairs read from `pairs.path` through `pairs.fields`, checked
 like `prepare-data` checks its rows (bad rows are errors or counted drops by `data.on_bad_rows`).
 """
 
@@ -82,12 +83,14 @@ def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[
     rng = random.Random(params["seed"])
     by_split = {name: [i for i, s in enumerate(split_of) if s == name] for name in PAIR_SPLITS}
     position = {i: k for members in by_split.values() for k, i in enumerate(members)}
+    references = {name: [rows[j]["summary"] for j in members] for name, members in by_split.items()}
+    reference_lengths = {name: [lengths[j] for j in members] for name, members in by_split.items()}
     ledger = Ledger("drop")  # an unusable negative is the generator's doing, not bad data: always a counted skip
     splits: dict[str, list[dict]] = {name: [] for name in PAIR_SPLITS}
     for i, row in enumerate(rows):
-        members = by_split[split_of[i]]
-        built = {n.kind: n for n in neg.reference_negatives(kinds, position[i], [rows[j]["summary"] for j in members],
-                                                            [lengths[j] for j in members], rng)}
+        split = split_of[i]
+        built = {n.kind: n for n in neg.reference_negatives(kinds, position[i], references[split],
+                                                            reference_lengths[split], rng)}
         if samples is not None:
             text, eos = samples.texts[i], bool(samples.has_eos[i])
             built["sample"] = neg.Negative("sample", text, ends=eos)
@@ -100,21 +103,21 @@ def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[
                 ledger.drop(f"{kind}: {reason}", pair_id)
                 continue
             pair = pair_row(pair_id, row["document"], row["summary"], negative.text, GENERATED)
-            splits[split_of[i]].append({**pair, "negative": kind, "rejected_ends": negative.ends})
+            splits[split].append({**pair, "negative": kind, "rejected_ends": negative.ends})
     check_not_empty(splits)
     source = {"kind": "generated", "path": f"{stages.PREPARED}/pref.jsonl", "negatives": ", ".join(kinds)}
     if samples is not None:
         source.update(sampler=stages.BASE, temperature=p["temperature"], max_new_tokens=p["max_new_tokens"])
     stats = negative_stats(splits, kinds, count)
     notes = [GENERATED_NOTE, *(negative_note(kind, s) for kind, s in stats.items())]
-    if samples is not None:
-        no_eos = int((~samples.has_eos).sum())
+    no_eos = None if samples is None else int((~samples.has_eos).sum())
+    if no_eos is not None:
         notes.append(f"{no_eos} of {len(rows)} base-model samples stopped at pairs.max_new_tokens = "
                      f"{p['max_new_tokens']} without an end-of-sequence token.")
     card = pairs_card(notes, source, {kind: len(rows) for kind in kinds}, splits, ledger, tokenizer, params)
     card["negatives"] = stats
-    if samples is not None:
-        card["samples_without_eos"] = int((~samples.has_eos).sum())
+    if no_eos is not None:
+        card["samples_without_eos"] = no_eos
     return splits, card
 
 
