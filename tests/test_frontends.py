@@ -50,6 +50,14 @@ def outputs(job: stages.StageInstance) -> set[str]:
     return {*job.outs, *job.metrics, *job.plots}
 
 
+def snakemake_params(job: stages.StageInstance, params: dict) -> dict:
+    """The rule params a job must have: one per table key, named after the key as the stage writes it
+    (`rl.{method}` -> rl_method), holding the value of the key as this job fills it (`rl.ppo`)."""
+    (stage,) = [st for st in stages.STAGES if st.name == job.name.split("@")[0]]
+    names = [key.replace(".", "_").replace("{", "").replace("}", "") for key in stage.params]
+    return dict(zip(names, select(params, job.params).values()))
+
+
 def folder_contents(dep: str, workdir: Path, table: dict[str, stages.StageInstance]) -> list[str]:
     """What a folder dependency holds: its files (code), or the outputs other jobs write into it."""
     if dep.startswith("src/"):
@@ -105,8 +113,7 @@ def test_snakemake_matches_table(variant):
         assert sm["log"] == [match["log"]], name
         assert set(sm["output"]) == outputs(job), name
         assert collapse_inputs(sm["input"], job, workdir, table) == set(job.deps), name
-        expected = {key.replace(".", "_"): value for key, value in select(params, job.params).items()}
-        assert sm["params"] == expected, f"{name}: params differ from the table's keys {job.params}"
+        assert sm["params"] == snakemake_params(job, params), f"{name}: params differ from the table's keys {job.params}"
         assert sm["threads"] == params["compute"]["threads"], name
         assert {"mem_mb", "runtime"} <= set(sm["resources"]), name
         if sm["rule"] in TRAINING_RULES:
@@ -157,3 +164,20 @@ def test_profile_dry_run(tmp_path, profile):
     if profile == "slurm":
         rl_block = out.split("rule rl:", 1)[1].split("Shell command", 1)[0]
         assert "slurm_partition=gpu" in rl_block and "gpu=1" in rl_block, rl_block
+
+
+def test_resume_fingerprints_hash_the_stage_table_keys():
+    """A training stage's checkpoint is kept exactly when DVC and Snakemake would not rerun the stage."""
+    from sumrl.rl.loop import _fingerprint
+
+    base = load_params(ROOT / "params.yaml")
+    same = load_params(ROOT / "params.yaml", overrides=["rl.ppo.gamma=0.9", "rl.seeds=[0, 1]", "compute.threads=1",
+                                                        "compute.launcher=accelerate", "sft.epochs=3"])
+    other = load_params(ROOT / "params.yaml", overrides=["rl.rloo.k=4"])
+    shared = load_params(ROOT / "params.yaml", overrides=["rl.kl_coef=0.1"])
+    assert _fingerprint(same, "rloo", 0) == _fingerprint(base, "rloo", 0)
+    assert _fingerprint(other, "rloo", 0) != _fingerprint(base, "rloo", 0)
+    assert _fingerprint(shared, "rloo", 0) != _fingerprint(base, "rloo", 0)
+    assert _fingerprint(base, "rloo", 1) != _fingerprint(base, "rloo", 0)
+    assert stages.result_params("sft", same) != stages.result_params("sft", base)
+    assert stages.result_params("reward", same) == stages.result_params("reward", base)

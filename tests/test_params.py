@@ -7,6 +7,7 @@ same). A case is a preset merged over params.yaml, a whole params.yaml, or a mis
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class Case:
     preset_path: str = "bad.yaml"    # where the preset is looked for (a missing one: not written)
     expect: tuple[str, ...] = ()     # in the message of both front ends
     dry_run: bool = True             # Snakemake: -n; False: a real run (files are checked when it starts)
+    base_config: dict | None = None  # written to models/base/config.json (as the base-model stage leaves it)
 
 
 CASES = {
@@ -47,9 +49,9 @@ CASES = {
         expect=("data.path: file or folder not found: data/raw/missing.jsonl",),
         dry_run=False,
     ),
-    "reward-model-mismatch": Case(
+    "removed-key": Case(
         preset="rl: {reward_model: probabilistic}\n",
-        expect=("rl.reward_model: 'probabilistic' but reward.kind is 'scalar'",),
+        expect=("rl.reward_model: removed: the RL stages use the reward model the reward stage trains",),
     ),
     "splits-sum-over-one": Case(
         preset="data: {splits: {sft: 0.5, pref: 0.4, rl: 0.3}}\n",
@@ -57,7 +59,30 @@ CASES = {
     ),
     "variance-regularized-needs-probabilistic-rm": Case(
         preset="rl: {variance_regularized: true}\n",
-        expect=("rl.variance_regularized: needs rl.reward_model 'probabilistic'",),
+        expect=("rl.variance_regularized: needs reward.kind 'probabilistic'",),
+    ),
+    "offload-without-deepspeed": Case(
+        preset="compute: {offload: cpu}\n",
+        expect=("compute.offload: 'cpu' offloads ZeRO state, so it needs compute.deepspeed zero2 or zero3",),
+    ),
+    "rloo-groups-do-not-divide": Case(
+        preset="rl: {rloo: {k: 3}}\n", expect=("rl.rollout_batch_size: 8 completions do not split into groups of rl.rloo.k = 3",),
+    ),
+    "mini-batches-do-not-divide": Case(
+        preset="rl: {mini_batches: 3}\n",
+        expect=("rl.mini_batches: 8 groups of 1 completion(s) per rollout (reinforce) do not split into 3 equal",),
+    ),
+    "micro-batches-do-not-divide": Case(
+        preset="rl: {micro_batch_size: 3}\n",
+        expect=("rl.micro_batch_size: a mini-batch of 4 completions does not split into micro-batches of 3",),
+    ),
+    # The context is the base model's (models/base/config.json): checked once that folder exists.
+    "completion-beyond-context": Case(
+        preset="rl: {max_new_tokens: 100000}\n",
+        base_config={"max_position_embeddings": 8192},
+        expect=("rl.max_new_tokens: 100000 tokens after a prompt of up to 448",
+                "exceed the base model's context of 8192 tokens (models/base/config.json)"),
+        dry_run=False,
     ),
     # The environment is checked by `sumrl validate` and when a real run starts (not by a dry run): an
     # openai judge whose URL variable is unset fails before hours of training, not at the judge stage.
@@ -83,6 +108,9 @@ def case_dir(request, tmp_path):
     scratch_workflow(tmp_path, params_text=case.params)
     if case.preset is not None:
         (tmp_path / case.preset_path).write_text(case.preset)
+    if case.base_config is not None:
+        (tmp_path / "models" / "base").mkdir(parents=True)
+        (tmp_path / "models" / "base" / "config.json").write_text(json.dumps(case.base_config))
     return tmp_path, case
 
 
@@ -111,7 +139,8 @@ def test_snakemake_rejects_before_any_job(case_dir):
     assert proc.returncode != 0, out
     for text in case.expect:
         assert text in out
-    assert not (workdir / "logs").exists() and not (workdir / "models").exists(), "a job ran"
+    made = {p.name for p in (workdir / "models").glob("*")} - ({"base"} if case.base_config else set())
+    assert not (workdir / "logs").exists() and not made, "a job ran"
 
 
 def test_stage_command_rejects_bad_params_before_loading_anything(tmp_path):

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from projects import SUMRL, make_project, sumrl, add_rl_inputs
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def test_sft_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model
     assert steps == list(range(1, run["steps"] + 1)), "the curve must hold every step once"
 
 
-def test_rl_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_dir):
+def test_rl_killed_after_a_checkpoint_resumes_after_unrelated_params_change(tmp_path, tiny_model_dir):
     cwd = make_project(tmp_path, tiny_model_dir, "rl.total_episodes=24", "rl.checkpoint_every=1")
     add_rl_inputs(cwd, tiny_model_dir)
 
@@ -66,6 +67,13 @@ def test_rl_killed_after_a_checkpoint_resumes_and_finishes(tmp_path, tiny_model_
                lambda: state.is_file() and json.loads(state.read_text())["step"] >= 2)
     assert not (cwd / "models" / "rl_run" / "rloo_s0").exists()
     killed_at = json.loads(state.read_text())["step"]
+    # What this run's result does not depend on changes meanwhile (another method's knob, a new seed, the
+    # thread count): the checkpoint must still be resumed, as DVC and Snakemake would not rerun the stage.
+    params = yaml.safe_load((cwd / "params.yaml").read_text())
+    params["rl"]["ppo"]["gamma"] = 0.9
+    params["rl"]["seeds"] = [0, 1]
+    params["compute"]["threads"] = 1
+    (cwd / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     rerun = sumrl(cwd, "rl", "--method", "rloo", "--seed", "0")
     assert rerun.returncode == 0, rerun.stderr[-3000:]

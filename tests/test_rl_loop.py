@@ -78,7 +78,7 @@ def test_checkpoint_from_other_params_is_not_resumed(tiny_model_dir, rl_inputs, 
 
 
 def test_probabilistic_rm_with_variance_regularization(tiny_model_dir, rl_inputs, tmp_path):
-    params = _params(tiny_model_dir, "reward.kind=probabilistic", "rl.reward_model=probabilistic",
+    params = _params(tiny_model_dir, "reward.kind=probabilistic",
                      "rl.variance_regularized=true")
     summary = _train(params, "rloo", rl_inputs, tmp_path, "prob", kind="probabilistic")
     rows = list(csv.DictReader(open(tmp_path / "prob" / "curve.csv")))

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import os
 from importlib import resources
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterable, Mapping
 
 import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(str(resources.files("sumrl") / "schema" / "params.schema.yaml"))
+BASE_MODEL_DIR = "models/base"  # the base-model stage's output (stages.BASE), whose config sets the context
+# Tokens the instruction and the chat template add around a document, at most (prompts are cut to fit).
+PROMPT_TEMPLATE_TOKENS = 64
+# Keys that were removed, and what replaced them: named in the error instead of "unknown key".
+REMOVED_KEYS = {"rl.reward_model": "removed: the RL stages use the reward model the reward stage trains, "
+                                   "whose kind is reward.kind; delete the key"}
 
 
 class ParamsError(ValueError):
@@ -106,6 +112,9 @@ def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
         lines = []
         for key in unknown:
             full = f"{where}.{key}" if error.absolute_path else key
+            if full in REMOVED_KEYS:
+                lines.append(f"{full}: {REMOVED_KEYS[full]}")
+                continue
             near = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             prefix = f"{where}." if error.absolute_path else ""
             hint = f"; did you mean '{prefix}{near[0]}'?" if near else f"; valid keys here: {', '.join(allowed)}"
@@ -163,21 +172,13 @@ def _check_semantics(p: dict, source: str, check_files: bool) -> None:
                             "'validation*' names the reward model's own held-out pairs)")
     if data["min_summary_tokens"] > data["max_summary_tokens"]:
         problems.append("data.min_summary_tokens: larger than data.max_summary_tokens")
-    rl = p["rl"]
-    if rl["reward_model"] != p["reward"]["kind"]:
-        problems.append(
-            f"rl.reward_model: '{rl['reward_model']}' but reward.kind is '{p['reward']['kind']}'; "
-            "the RL stages use the reward model that the reward stage trains"
-        )
-    if rl["variance_regularized"] and rl["reward_model"] != "probabilistic":
-        problems.append("rl.variance_regularized: needs rl.reward_model 'probabilistic' (sigma comes from it)")
-    if "rloo" in rl["methods"] and rl["rollout_batch_size"] % rl["rloo"]["k"]:
-        problems.append(f"rl.rollout_batch_size: {rl['rollout_batch_size']} completions do not split into "
-                        f"groups of rl.rloo.k = {rl['rloo']['k']}")
-    if rl["rollout_batch_size"] < rl["mini_batches"]:
-        problems.append("rl.mini_batches: more mini-batches than completions in a rollout (rl.rollout_batch_size)")
-    if rl["total_episodes"] < rl["rollout_batch_size"]:
-        problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
+    problems += _rl_shape_problems(p["rl"], p["reward"]["kind"])
+    compute = p["compute"]
+    if compute["offload"] != "none" and compute["deepspeed"] == "none":
+        problems.append(f"compute.offload: '{compute['offload']}' offloads ZeRO state, so it needs compute.deepspeed "
+                        "zero2 or zero3 (got 'none')")
+    if check_files:
+        problems += context_problems(p, Path(BASE_MODEL_DIR))
     base = p["model"]["base"]
     if check_files and base.startswith(("./", "/", "../")) and not Path(base).exists():
         problems.append(f"model.base: local model folder not found: {base}")
@@ -186,6 +187,54 @@ def _check_semantics(p: dict, source: str, check_files: bool) -> None:
         problems.append("judge.model: required when judge.backend is 'openai' (the model name the endpoint serves)")
     if problems:
         raise ParamsError(f"{source}: " + "\n".join(problems))
+
+
+def _rl_shape_problems(rl: dict, reward_kind: str) -> list[str]:
+    """Batch shapes the RL loop cannot split: a rollout is rollout_batch_size completions in groups of k (one
+    prompt's samples, kept whole), cut into mini_batches, each run micro_batch_size completions at a time."""
+    problems = []
+    if rl["variance_regularized"] and reward_kind != "probabilistic":
+        problems.append("rl.variance_regularized: needs reward.kind 'probabilistic' (sigma comes from it)")
+    size = rl["rollout_batch_size"]
+    if "rloo" in rl["methods"] and size % rl["rloo"]["k"]:
+        problems.append(f"rl.rollout_batch_size: {size} completions do not split into groups of rl.rloo.k = "
+                        f"{rl['rloo']['k']}")
+        return problems
+    if rl["total_episodes"] < size:
+        problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
+    for method in rl["methods"]:
+        k = rl["rloo"]["k"] if method == "rloo" else 1
+        if (size // k) % rl["mini_batches"]:
+            problems.append(f"rl.mini_batches: {size // k} groups of {k} completion(s) per rollout ({method}) do not "
+                            f"split into {rl['mini_batches']} equal mini-batches")
+            return problems
+    mini = size // rl["mini_batches"]
+    micro = rl["micro_batch_size"]
+    if micro is not None and micro < mini and mini % micro:
+        problems.append(f"rl.micro_batch_size: a mini-batch of {mini} completions does not split into micro-batches "
+                        f"of {micro}")
+    return problems
+
+
+def context_problems(p: dict, base_dir: Path) -> list[str]:
+    """Prompt plus completion beyond the base model's context: checked once models/base exists (`sumrl validate`
+    and every stage's params load), since max_position_embeddings is read from its config.json."""
+    config = base_dir / "config.json"
+    if not config.is_file():
+        return []
+    window = json.loads(config.read_text()).get("max_position_embeddings")
+    if not window:
+        return []
+    prompt = p["data"]["max_document_tokens"] + PROMPT_TEMPLATE_TOKENS
+    completions = {"rl.max_new_tokens": p["rl"]["max_new_tokens"],
+                   "generate.max_new_tokens": p["generate"]["max_new_tokens"],
+                   "data.max_summary_tokens": p["data"]["max_summary_tokens"]}
+    if p["pairs"]["source"] == "generated":
+        completions["pairs.max_new_tokens"] = p["pairs"]["max_new_tokens"]
+    return [f"{key}: {value} tokens after a prompt of up to {prompt} (data.max_document_tokens "
+            f"{p['data']['max_document_tokens']} + {PROMPT_TEMPLATE_TOKENS} for the instruction and chat template) "
+            f"exceed the base model's context of {window} tokens ({config})"
+            for key, value in completions.items() if prompt + value > window]
 
 
 def check_environment(p: dict, environ: Mapping[str, str] = os.environ) -> None:
@@ -205,15 +254,6 @@ def check_environment(p: dict, environ: Mapping[str, str] = os.environ) -> None:
                           "base URL (e.g. http://127.0.0.1:8000/v1), or set judge.backend: hf")
     if not url.startswith(("http://", "https://")):
         raise ParamsError(f"judge.url_env: {name} must be an http:// or https:// URL (e.g. http://127.0.0.1:8000/v1)")
-
-
-def to_namespace(value: Any) -> Any:
-    """Attribute access for code that reads many keys (p.rl.kl_coef); lists stay lists."""
-    if isinstance(value, dict):
-        return SimpleNamespace(**{k: to_namespace(v) for k, v in value.items()})
-    if isinstance(value, list):
-        return [to_namespace(v) for v in value]
-    return value
 
 
 def select(params: dict, keys: Iterable[str]) -> dict:

@@ -1,9 +1,15 @@
-"""The one stage table. `dvc.yaml` is generated from it (`sumrl stages --write-dvc`), the Snakemake rules
-in workflow/rules/ are written by hand, and tests/test_frontends.py fails if either disagrees with it.
+"""The one stage table. `dvc.yaml` is generated from it (`sumrl stages --write-dvc`); the Snakemake rules
+in workflow/rules/ take their inputs and params from it (workflow/rules/common.smk); tests/test_frontends.py
+fails if either front end disagrees with it.
 
-A stage is a `sumrl` subcommand with its inputs (deps), outputs (outs) and the params keys it reads.
+A stage is a `sumrl` subcommand with its inputs (deps), outputs (outs) and the params keys whose values
+decide its result. Those keys are leaves or small sections, never a whole section that other stages'
+knobs live in: a change reruns only the stages that read it (README, "Which params rerun what"). The
+same keys are what a training stage's resume fingerprint hashes (`result_params`).
+
 Templated stages (`rl`, `generate_rl`, `evaluate_rl`) are expanded over rl.methods x rl.seeds; `{method}`
-and `{seed}` in their fields are filled per instance (DVC: `${item.method}`, Snakemake: wildcards).
+and `{seed}` in their fields, params keys included, are filled per instance (DVC: `${item.method}`,
+Snakemake: wildcards).
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from itertools import product
 
 import yaml
 
+from sumrl.params import BASE_MODEL_DIR, load_schema, select
+
 PREPARED = "data/prepared"
 PAIRS = "data/pairs"
-BASE = "models/base"
+BASE = BASE_MODEL_DIR
 SFT = "models/sft"
 REWARD = "models/reward"
 SFT_RUN = "models/sft_run"        # trainer output: checkpoints (plain or ZeRO) + final adapter
@@ -30,6 +38,7 @@ REWARD_EVAL = "reports/reward_eval.json"
 CURVES = "reports/curves"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
+RL_METHODS = ("reinforce", "rloo", "ppo")
 
 
 def rl_policy(method: str, seed: int) -> str:
@@ -65,7 +74,7 @@ def trained_run(stage: str) -> tuple[str, str, str]:
     if stage in TRAINED_RUNS:
         return (*TRAINED_RUNS[stage], stage)
     fields = split_rl_policy(stage)
-    if fields is None or fields["method"] not in ("reinforce", "rloo", "ppo"):
+    if fields is None or fields["method"] not in RL_METHODS:
         raise ValueError(f"unknown trained stage '{stage}': expected sft, reward or <method>_s<seed>")
     return RL_RUN.format(**fields), RL.format(**fields), "rl"
 
@@ -82,6 +91,23 @@ class Stage:
     over_rl_runs: bool = False  # expanded over rl.methods x rl.seeds
     extra: dict = field(default_factory=dict)
 
+
+# Keys that decide where and how fast a stage runs, not what it computes, are no stage's params:
+# compute.threads (torch threads) and compute.launcher (python, or `accelerate launch` with one process per
+# visible GPU; the trl stages split their batch over the processes, the RL loop's batch is global).
+# The dtype, the device, ZeRO and its offload (a different optimizer implementation) change the numbers.
+PLACEMENT_ONLY = ("compute.threads", "compute.launcher")
+RUNTIME = ("model.dtype", "compute.device", "compute.trust_remote_code")
+TRAINING_RUNTIME = (*RUNTIME, "compute.deepspeed", "compute.offload")
+
+
+def _rl_shared_keys() -> tuple[str, ...]:
+    """rl.* keys every method reads: all but the method sections and the lists the DAG is expanded over."""
+    keys = load_schema()["properties"]["rl"]["properties"]
+    return tuple(f"rl.{k}" for k in keys if k not in ("methods", "seeds", *RL_METHODS))
+
+
+RL_SHARED = _rl_shared_keys()
 
 CODE = "src/sumrl"
 # Modules every model-running stage imports: a change here reruns them all (over-inclusive, never stale).
@@ -111,22 +137,21 @@ STAGES: tuple[Stage, ...] = (
         "sumrl prepare-data",
         deps=(f"{CODE}/data", f"{CODE}/models/load.py", f"{CODE}/artifacts.py", BASE),
         outs=(PREPARED,),
-        params=("seed", "data"),
+        params=("seed", "data", "compute.trust_remote_code"),
     ),
     Stage(
         "pairs",
         "sumrl pairs",
         deps=(f"{CODE}/data", *_outside("data", SHARED_CODE), PREPARED, BASE),
         outs=(PAIRS,),
-        params=("seed", "pairs", "prompt", "data.on_bad_rows", "model.dtype", "compute"),
+        params=("seed", "pairs", "prompt", "data.on_bad_rows", *RUNTIME),
     ),
     Stage(
         "sft",
         "sumrl sft",
         deps=(f"{CODE}/train/sft.py", *TRAIN_CODE, *SHARED_CODE, PREPARED, BASE),
         outs=(SFT_RUN,),
-        params=("seed", "sft", "prompt", "compute", "data.max_document_tokens", "data.max_summary_tokens",
-                "model.dtype"),
+        params=("seed", "sft", "prompt", "data.max_document_tokens", "data.max_summary_tokens", *TRAINING_RUNTIME),
         plots=(f"{CURVES}/sft.csv",),
     ),
     Stage(
@@ -137,8 +162,8 @@ STAGES: tuple[Stage, ...] = (
         # Leaf keys: which sets reward-eval scores (reward.eval_pairs) does not retrain the model.
         params=("seed", *(f"reward.{k}" for k in ("kind", "num_scores", "lora", "learning_rate", "epochs",
                                                   "batch_size", "checkpoint_every")),
-                "prompt", "compute", "model.reward_base", "model.dtype", "data.max_document_tokens",
-                "data.max_summary_tokens"),
+                "prompt", "model.reward_base", "data.max_document_tokens", "data.max_summary_tokens",
+                *TRAINING_RUNTIME),
         plots=(f"{CURVES}/reward.csv",),
     ),
     Stage(
@@ -146,7 +171,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl consolidate --stage {stage}",
         deps=(f"{CODE}/scale/consolidate.py", f"{CODE}/artifacts.py", "models/{stage}_run", BASE),
         outs=("models/{stage}",),
-        params=("compute",),
+        params=("compute.trust_remote_code",),
         metrics=(CONSOLIDATION,),
         extra={"trained": ("sft", "reward")},
     ),
@@ -156,7 +181,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl reward-eval",
         deps=(f"{CODE}/evaluate/reward_eval.py", f"{CODE}/data/sources.py", *SHARED_CODE, PAIRS, REWARD),
         outs=(),
-        params=("reward.eval_pairs", "prompt", "evaluate.batch_size", "model.dtype", "compute"),
+        params=("reward.eval_pairs", "prompt", "evaluate.batch_size", *RUNTIME),
         metrics=(REWARD_EVAL,),
     ),
     Stage(
@@ -164,7 +189,9 @@ STAGES: tuple[Stage, ...] = (
         "sumrl rl --method {method} --seed {seed}",
         deps=(f"{CODE}/rl", *SCALE_CODE, *SHARED_CODE, PREPARED, SFT, REWARD),
         outs=(RL_RUN,),
-        params=("rl", "prompt", "compute", "model.dtype"),
+        # The shared RL keys and this method's own section: another method's knob, a new seed or the methods
+        # list leave this run (and its resumable checkpoint) alone.
+        params=(*RL_SHARED, "rl.{method}", "reward.kind", "prompt", *TRAINING_RUNTIME),
         plots=(f"{CURVES}/rl_{{method}}_s{{seed}}.csv",),
         over_rl_runs=True,
     ),
@@ -174,7 +201,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl consolidate --stage {method}_s{seed}",
         deps=(f"{CODE}/scale/consolidate.py", f"{CODE}/artifacts.py", RL_RUN, SFT),
         outs=(RL,),
-        params=("compute",),
+        params=("compute.trust_remote_code",),
         metrics=(CONSOLIDATION.format(stage="{method}_s{seed}"),),
         over_rl_runs=True,
     ),
@@ -183,7 +210,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl generate --policy {policy}",
         deps=(f"{CODE}/evaluate/generate.py", *SHARED_CODE, PREPARED, "{policy_dir}"),
         outs=(GENERATIONS,),
-        params=("seed", "generate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
+        params=("seed", "generate", "prompt", "data.max_document_tokens", *RUNTIME),
         extra={"policies": tuple(FIXED_POLICIES)},
     ),
     Stage(
@@ -191,7 +218,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl generate --policy {method}_s{seed}",
         deps=(f"{CODE}/evaluate/generate.py", *SHARED_CODE, PREPARED, RL),
         outs=(GENERATIONS.format(policy="{method}_s{seed}"),),
-        params=("seed", "generate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
+        params=("seed", "generate", "prompt", "data.max_document_tokens", *RUNTIME),
         over_rl_runs=True,
     ),
     Stage(
@@ -200,7 +227,7 @@ STAGES: tuple[Stage, ...] = (
         deps=(f"{CODE}/evaluate/metrics.py", f"{CODE}/rl/advantages.py", *SHARED_CODE, GENERATIONS, REWARD, SFT,
               "{policy_dir}"),
         outs=(EVAL,),
-        params=("evaluate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
+        params=("evaluate", "prompt", "data.max_document_tokens", *RUNTIME),
         extra={"policies": tuple(FIXED_POLICIES)},
     ),
     Stage(
@@ -216,7 +243,7 @@ STAGES: tuple[Stage, ...] = (
             RL,
         ),
         outs=(EVAL.format(policy="{method}_s{seed}"),),
-        params=("evaluate", "prompt", "data.max_document_tokens", "model.dtype", "compute"),
+        params=("evaluate", "prompt", "data.max_document_tokens", *RUNTIME),
         over_rl_runs=True,
     ),
     Stage(
@@ -227,7 +254,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl judge",
         deps=(f"{CODE}/evaluate/judge.py", f"{CODE}/evaluate/metrics.py", *SHARED_CODE, "reports/generations", BASE),
         outs=(),
-        params=("seed", "judge", "compute", "model.dtype"),
+        params=("seed", "judge", *RUNTIME),
         metrics=(JUDGE,),
     ),
     Stage(
@@ -281,12 +308,19 @@ def expand(params: dict) -> list[StageInstance]:
                     cmd=fill(stage.cmd),
                     deps=tuple(dict.fromkeys(fill(d) for d in stage.deps)),
                     outs=tuple(fill(o) for o in stage.outs),
-                    params=stage.params,
+                    params=tuple(dict.fromkeys(fill(k) for k in stage.params)),
                     metrics=tuple(fill(m) for m in stage.metrics),
                     plots=tuple(fill(p) for p in stage.plots),
                 )
             )
     return jobs
+
+
+def result_params(stage: str, params: dict, **fields) -> dict:
+    """The values of the params keys that decide a job's result (`fields` fill a templated stage's keys, e.g.
+    method="ppo"): what its resume fingerprint hashes, so that a checkpoint outlives every other change."""
+    (table_stage,) = [st for st in STAGES if st.name == stage]
+    return select(params, [key.format(**fields) for key in table_stage.params])
 
 
 def _dvc_template(text: str) -> str:
@@ -313,7 +347,7 @@ def dvc_yaml() -> str:
             wrapper["foreach"] = list(stage.extra["trained"])
         entry["cmd"] = _dvc_template(stage.cmd)
         entry["deps"] = [_dvc_template(d) for d in stage.deps]
-        entry["params"] = list(stage.params)
+        entry["params"] = [_dvc_template(k) for k in stage.params]
         # Metrics and plots are cached by DVC like every output (not `cache: false`): /reports/ is git-ignored,
         # so DVC is what carries them to a clone that pulls, which is then up to date.
         outs = [_dvc_template(o) for o in stage.outs]

@@ -8,6 +8,7 @@
 # commands would not see it. Put the change in a preset file instead.
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sumrl.params import (
     check_environment,
     deep_merge,
     read_yaml,
+    select,
     validate_params,
 )
 from sumrl import stages
@@ -97,15 +99,15 @@ def check_files():
         raise WorkflowError(f"sumrl: invalid params: {exc}") from None
 
 
-# The `sumrl` commands come from the environment that runs Snakemake (e.g. .venv/bin).
-os.environ.update(
-    PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-)
+# The `sumrl` commands come from PATH, else from the environment that runs Snakemake (.venv/bin/snakemake
+# run without activating .venv).
+if shutil.which("sumrl") is None:
+    os.environ.update(
+        PATH=os.pathsep.join(
+            [str(Path(sys.executable).parent), os.environ.get("PATH", "")]
+        )
+    )
 
-METHODS = config["rl"]["methods"]
-SEEDS = config["rl"]["seeds"]
-RL_POLICIES = expand("{method}_s{seed}", method=METHODS, seed=SEEDS)
-POLICIES = ["base", "sft", *RL_POLICIES]
 THREADS = config["compute"]["threads"]
 # One GPU per model-running job unless the params pin the CPU (`gpu` is the resource that the
 # slurm executor plugin turns into --gpus; locally it is not limited unless --resources gpu=N).
@@ -139,10 +141,46 @@ def code(path):
     )
 
 
-# Code every model-running stage imports, and what the trl-based training stages add (the stage table's lists).
-SHARED_CODE = list(stages.SHARED_CODE)
-TRAIN_CODE = list(stages.TRAIN_CODE)
-SCALE_CODE = list(stages.SCALE_CODE)
+TABLE = {stage.name: stage for stage in stages.STAGES}
+JOBS = stages.expand(config)
+JOB_OUTPUTS = {path for job in JOBS for path in (*job.outs, *job.metrics, *job.plots)}
+
+
+def table_inputs(stage):
+    """The stage table's deps of `stage` as Snakemake inputs.
+
+    Code folders are expanded to their files (code()); `{policy_dir}` is the policy's model folder; a
+    folder that other jobs write into (reports/eval, for the report) is expanded to those jobs' outputs,
+    because Snakemake connects jobs through files; everything else (templated paths included) is as is.
+    """
+    out = []
+    for dep in TABLE[stage].deps:
+        if dep.startswith("src/"):
+            out += code(dep)
+        elif dep == "{policy_dir}":
+            out.append(policy_model)
+        elif "{" in dep or dep in JOB_OUTPUTS:
+            out.append(dep)
+        else:
+            inside = sorted(p for p in JOB_OUTPUTS if p.startswith(dep + "/"))
+            out += inside or [dep]
+    return out
+
+
+def table_params(stage):
+    """The stage table's params keys of `stage` as Snakemake params, so that a change to one of them, and only
+    to one of them, reruns the rule: `data.max_document_tokens` -> data_max_document_tokens; a templated key
+    (`rl.{method}`) is read per job from its wildcards (rl_method)."""
+    out = {}
+    for key in TABLE[stage].params:
+        name = key.replace(".", "_").replace("{", "").replace("}", "")
+        if "{" in key:
+            out[name] = lambda wildcards, key=key: next(
+                iter(select(config, [key.format(**wildcards)]).values())
+            )
+        else:
+            out[name] = select(config, [key])[key]
+    return out
 
 
 def mem_mb(base):

@@ -3,9 +3,7 @@
 
 rule base_model:
     input:
-        code("src/sumrl/models/base.py"),
-        "src/sumrl/models/load.py",
-        "src/sumrl/artifacts.py",
+        table_inputs("base_model"),
     output:
         directory("models/base"),
     log:
@@ -17,19 +15,14 @@ rule base_model:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
-        model_base=config["model"]["base"],
-        model_dtype=config["model"]["dtype"],
-        compute_trust_remote_code=config["compute"]["trust_remote_code"],
+        **table_params("base_model"),
     shell:
         "sumrl base-model > {log} 2>&1"
 
 
 rule prepare_data:
     input:
-        code("src/sumrl/data"),
-        "src/sumrl/models/load.py",
-        "src/sumrl/artifacts.py",
-        "models/base",
+        table_inputs("prepare_data"),
     output:
         directory("data/prepared"),
     log:
@@ -41,18 +34,14 @@ rule prepare_data:
         mem_mb=mem_mb(4000),
         runtime=30,
     params:
-        seed=config["seed"],
-        data=config["data"],
+        **table_params("prepare_data"),
     shell:
         "sumrl prepare-data > {log} 2>&1"
 
 
 rule pairs:
     input:
-        code("src/sumrl/data"),
-        [f for f in SHARED_CODE if not f.startswith("src/sumrl/data/")],
-        "data/prepared",
-        "models/base",
+        table_inputs("pairs"),
     output:
         directory("data/pairs"),
     log:
@@ -65,11 +54,6 @@ rule pairs:
         runtime=120,
         gpu=GPU,
     params:
-        seed=config["seed"],
-        pairs=config["pairs"],
-        prompt=config["prompt"],
-        data_on_bad_rows=config["data"]["on_bad_rows"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("pairs"),
     shell:
         "sumrl pairs > {log} 2>&1"

@@ -5,10 +5,7 @@
 
 rule generate:
     input:
-        code("src/sumrl/evaluate/generate.py"),
-        SHARED_CODE,
-        "data/prepared",
-        policy_model,
+        table_inputs("generate"),
     output:
         "reports/generations/{policy}.jsonl",
     log:
@@ -21,22 +18,14 @@ rule generate:
         runtime=60,
         gpu=GPU,
     params:
-        seed=config["seed"],
-        generate=config["generate"],
-        prompt=config["prompt"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("generate"),
     shell:
         "sumrl generate --policy {wildcards.policy} > {log} 2>&1"
 
 
 rule generate_rl:
     input:
-        code("src/sumrl/evaluate/generate.py"),
-        SHARED_CODE,
-        "data/prepared",
-        "models/rl/{method}_s{seed}",
+        table_inputs("generate_rl"),
     output:
         "reports/generations/{method}_s{seed}.jsonl",
     log:
@@ -49,25 +38,14 @@ rule generate_rl:
         runtime=60,
         gpu=GPU,
     params:
-        seed=config["seed"],
-        generate=config["generate"],
-        prompt=config["prompt"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("generate_rl"),
     shell:
         "sumrl generate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
 
 
 rule evaluate:
     input:
-        code("src/sumrl/evaluate/metrics.py"),
-        "src/sumrl/rl/advantages.py",
-        SHARED_CODE,
-        "reports/generations/{policy}.jsonl",
-        "models/reward",
-        "models/sft",
-        policy_model,
+        table_inputs("evaluate"),
     output:
         "reports/eval/{policy}.json",
     log:
@@ -80,24 +58,14 @@ rule evaluate:
         runtime=60,
         gpu=GPU,
     params:
-        evaluate=config["evaluate"],
-        prompt=config["prompt"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("evaluate"),
     shell:
         "sumrl evaluate --policy {wildcards.policy} > {log} 2>&1"
 
 
 rule evaluate_rl:
     input:
-        code("src/sumrl/evaluate/metrics.py"),
-        "src/sumrl/rl/advantages.py",
-        SHARED_CODE,
-        "reports/generations/{method}_s{seed}.jsonl",
-        "models/reward",
-        "models/sft",
-        "models/rl/{method}_s{seed}",
+        table_inputs("evaluate_rl"),
     output:
         "reports/eval/{method}_s{seed}.json",
     log:
@@ -110,22 +78,14 @@ rule evaluate_rl:
         runtime=60,
         gpu=GPU,
     params:
-        evaluate=config["evaluate"],
-        prompt=config["prompt"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("evaluate_rl"),
     shell:
         "sumrl evaluate --policy {wildcards.method}_s{wildcards.seed} > {log} 2>&1"
 
 
 rule reward_eval:
     input:
-        code("src/sumrl/evaluate/reward_eval.py"),
-        "src/sumrl/data/sources.py",
-        SHARED_CODE,
-        "data/pairs",
-        "models/reward",
+        table_inputs("reward_eval"),
     output:
         "reports/reward_eval.json",
     log:
@@ -137,22 +97,14 @@ rule reward_eval:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
-        reward_eval_pairs=config["reward"]["eval_pairs"],
-        prompt=config["prompt"],
-        evaluate_batch_size=config["evaluate"]["batch_size"],
-        model_dtype=config["model"]["dtype"],
-        compute=config["compute"],
+        **table_params("reward_eval"),
     shell:
         "sumrl reward-eval > {log} 2>&1"
 
 
 rule judge:
     input:
-        code("src/sumrl/evaluate/judge.py"),
-        "src/sumrl/evaluate/metrics.py",
-        SHARED_CODE,
-        expand("reports/generations/{policy}.jsonl", policy=POLICIES),
-        "models/base",
+        table_inputs("judge"),
     output:
         "reports/judge.json",
     log:
@@ -165,9 +117,6 @@ rule judge:
         runtime=120,
         gpu=JUDGE_GPU,
     params:
-        seed=config["seed"],
-        judge=config["judge"],
-        compute=config["compute"],
-        model_dtype=config["model"]["dtype"],
+        **table_params("judge"),
     shell:
         "sumrl judge > {log} 2>&1"

@@ -1,22 +1,11 @@
-# The report compares every policy. DVC tracks the folders reports/eval, reports/generations,
-# reports/curves and reports/consolidate; Snakemake needs the files that other rules write into them.
+# The report compares every policy. Its table deps are the folders reports/eval, reports/generations,
+# reports/curves and reports/consolidate, which DVC tracks as such; table_inputs() gives Snakemake the
+# files that the other rules write into them.
 
 
 rule report:
     input:
-        code("src/sumrl/report"),
-        "src/sumrl/evaluate/metrics.py",
-        expand("reports/eval/{policy}.json", policy=POLICIES),
-        expand("reports/generations/{policy}.jsonl", policy=POLICIES),
-        "reports/curves/sft.csv",
-        "reports/curves/reward.csv",
-        expand("reports/curves/rl_{policy}.csv", policy=RL_POLICIES),
-        "reports/reward_eval.json",
-        expand(
-            "reports/consolidate/{stage}.json", stage=["sft", "reward", *RL_POLICIES]
-        ),
-        "data/pairs",
-        "reports/judge.json",
+        table_inputs("report"),
     output:
         "reports/report.md",
         "reports/index.html",
@@ -31,8 +20,6 @@ rule report:
         mem_mb=mem_mb(2000),
         runtime=15,
     params:
-        report=config["report"],
-        rl_methods=METHODS,
-        rl_seeds=SEEDS,
+        **table_params("report"),
     shell:
         "sumrl report > {log} 2>&1"

@@ -4,12 +4,7 @@
 
 rule rl:
     input:
-        code("src/sumrl/rl"),
-        SCALE_CODE,
-        SHARED_CODE,
-        "data/prepared",
-        "models/sft",
-        "models/reward",
+        table_inputs("rl"),
     output:
         directory("models/rl_run/{method}_s{seed}"),
         "reports/curves/rl_{method}_s{seed}.csv",
@@ -23,20 +18,14 @@ rule rl:
         runtime=480,
         gpu=GPU,
     params:
-        rl=config["rl"],
-        prompt=config["prompt"],
-        compute=config["compute"],
-        model_dtype=config["model"]["dtype"],
+        **table_params("rl"),
     shell:
         "sumrl rl --method {wildcards.method} --seed {wildcards.seed} > {log} 2>&1"
 
 
 rule consolidate_rl:
     input:
-        code("src/sumrl/scale/consolidate.py"),
-        "src/sumrl/artifacts.py",
-        "models/rl_run/{method}_s{seed}",
-        "models/sft",
+        table_inputs("consolidate_rl"),
     output:
         directory("models/rl/{method}_s{seed}"),
         "reports/consolidate/{method}_s{seed}.json",
@@ -49,6 +38,6 @@ rule consolidate_rl:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
-        compute=config["compute"],
+        **table_params("consolidate_rl"),
     shell:
         "sumrl consolidate --stage {wildcards.method}_s{wildcards.seed} > {log} 2>&1"

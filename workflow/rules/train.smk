@@ -4,11 +4,7 @@
 
 rule sft:
     input:
-        code("src/sumrl/train/sft.py"),
-        TRAIN_CODE,
-        SHARED_CODE,
-        "data/prepared",
-        "models/base",
+        table_inputs("sft"),
     output:
         directory("models/sft_run"),
         "reports/curves/sft.csv",
@@ -22,24 +18,14 @@ rule sft:
         runtime=240,
         gpu=GPU,
     params:
-        seed=config["seed"],
-        sft=config["sft"],
-        prompt=config["prompt"],
-        compute=config["compute"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        data_max_summary_tokens=config["data"]["max_summary_tokens"],
-        model_dtype=config["model"]["dtype"],
+        **table_params("sft"),
     shell:
         "sumrl sft > {log} 2>&1"
 
 
 rule reward:
     input:
-        code("src/sumrl/train/reward.py"),
-        TRAIN_CODE,
-        SHARED_CODE,
-        "data/pairs",
-        "models/base",
+        table_inputs("reward"),
     output:
         directory("models/reward_run"),
         "reports/curves/reward.csv",
@@ -53,30 +39,14 @@ rule reward:
         runtime=240,
         gpu=GPU,
     params:
-        seed=config["seed"],
-        reward_kind=config["reward"]["kind"],
-        reward_num_scores=config["reward"]["num_scores"],
-        reward_lora=config["reward"]["lora"],
-        reward_learning_rate=config["reward"]["learning_rate"],
-        reward_epochs=config["reward"]["epochs"],
-        reward_batch_size=config["reward"]["batch_size"],
-        reward_checkpoint_every=config["reward"]["checkpoint_every"],
-        prompt=config["prompt"],
-        compute=config["compute"],
-        model_reward_base=config["model"]["reward_base"],
-        model_dtype=config["model"]["dtype"],
-        data_max_document_tokens=config["data"]["max_document_tokens"],
-        data_max_summary_tokens=config["data"]["max_summary_tokens"],
+        **table_params("reward"),
     shell:
         "sumrl reward > {log} 2>&1"
 
 
 rule consolidate:
     input:
-        code("src/sumrl/scale/consolidate.py"),
-        "src/sumrl/artifacts.py",
-        "models/{stage}_run",
-        "models/base",
+        table_inputs("consolidate"),
     output:
         directory("models/{stage}"),
         "reports/consolidate/{stage}.json",
@@ -89,6 +59,6 @@ rule consolidate:
         mem_mb=mem_mb(8000),
         runtime=60,
     params:
-        compute=config["compute"],
+        **table_params("consolidate"),
     shell:
         "sumrl consolidate --stage {wildcards.stage} > {log} 2>&1"

@@ -17,12 +17,11 @@ from sumrl.artifacts import read_jsonl, write_jsonl
 from sumrl.data.prompts import PromptFormat
 from sumrl.generation import generate
 from sumrl.models.load import load_policy, load_tokenizer
+from sumrl.params import PROMPT_TEMPLATE_TOKENS
 
 log = logging.getLogger(__name__)
 
 TEST_SPLIT = Path(stages.PREPARED) / "test.jsonl"
-# Room for the instruction and the chat-template markup around a document of data.max_document_tokens.
-TEMPLATE_TOKENS = 64
 
 
 def references_of(row: dict) -> list[str]:
@@ -31,7 +30,7 @@ def references_of(row: dict) -> list[str]:
 
 
 def max_prompt_tokens(params: dict) -> int:
-    return params["data"]["max_document_tokens"] + TEMPLATE_TOKENS
+    return params["data"]["max_document_tokens"] + PROMPT_TEMPLATE_TOKENS
 
 
 def warn_if_truncated(tokenizer, prompts: list[str], limit: int) -> None:

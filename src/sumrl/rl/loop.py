@@ -83,9 +83,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     reward_model, rm_meta = load_reward_model(reward_dir, params, device)
     rm_tokenizer = load_tokenizer(reward_dir, params["compute"]["trust_remote_code"])
     engine = build_engine(policy, params)
-    if prompts_per_step % engine.world_size:
-        raise ValueError(f"rl.rollout_batch_size / k = {prompts_per_step} prompts per step do not split evenly "
-                         f"over {engine.world_size} processes")
+    check_world_size(cfg, prompts_per_step, engine.world_size)
     main = engine.rank == 0
 
     guards = Guards(cfg)
@@ -269,11 +267,20 @@ def _mean_of(rows: list[dict], key: str):
     return sum(values) / len(values) if values else ""
 
 
+def check_world_size(cfg: dict, prompts_per_step: int, world_size: int) -> None:
+    """The one batch-shape rule that validation cannot check before launch: each process takes whole prompt
+    groups, and its share must split into rl.mini_batches."""
+    if prompts_per_step % world_size or (prompts_per_step // world_size) % cfg["mini_batches"]:
+        raise ValueError(f"rl.rollout_batch_size: {prompts_per_step} prompt group(s) per rollout do not split into "
+                         f"{world_size} process(es) x rl.mini_batches = {cfg['mini_batches']}; make "
+                         "rollout_batch_size / k a multiple of world size x mini_batches")
+
+
 def _fingerprint(params: dict, method: str, seed: int) -> str:
-    """A checkpoint is resumed only by a run with the same RL params, method and seed."""
-    text = json.dumps({"rl": params["rl"], "prompt": params["prompt"], "method": method, "seed": seed,
-                       "deepspeed": params["compute"]["deepspeed"]}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A checkpoint is resumed only by a run with the same result params (the stage table's keys for this
+    method: another method's section, the seeds list or the thread count do not count) and seed."""
+    keys = stages.result_params("rl", params, method=method)
+    return hashlib.sha256(json.dumps({"params": keys, "seed": seed}, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _reference_lengths(fmt: PromptFormat, prompts: list[str], rows: list[dict]) -> dict[str, int] | None:

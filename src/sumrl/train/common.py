@@ -6,18 +6,30 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from sumrl import stages
 from sumrl.artifacts import CurveLogger, atomic_path, write_json
 
 log = logging.getLogger("sumrl.train")
 
 
-def trainer_args(section: dict, params: dict, output_dir: Path) -> dict:
+def per_process_batch(batch_size: int, key: str, world_size: int | None = None) -> int:
+    """The trainer's per-device batch for a global batch of `batch_size`: the params give the global batch, so
+    that running under `accelerate launch` on N processes (compute.launcher) trains the same model."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    if batch_size % world_size:
+        raise ValueError(f"{key}: a batch of {batch_size} does not split over {world_size} processes; make it a "
+                         "multiple of the process count")
+    return batch_size // world_size
+
+
+def trainer_args(section: dict, params: dict, output_dir: Path, stage: str) -> dict:
     """Keyword arguments shared by SFTConfig and RewardConfig."""
     from sumrl.scale.deepspeed import trainer_kwargs
 
@@ -25,7 +37,7 @@ def trainer_args(section: dict, params: dict, output_dir: Path) -> dict:
         output_dir=str(output_dir),
         learning_rate=section["learning_rate"],
         num_train_epochs=section["epochs"],
-        per_device_train_batch_size=section["batch_size"],
+        per_device_train_batch_size=per_process_batch(section["batch_size"], f"{stage}.batch_size"),
         gradient_accumulation_steps=section.get("grad_accum", 1),
         warmup_steps=section.get("warmup_ratio", 0.0),  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type="linear",
@@ -80,15 +92,15 @@ def run_trainer(trainer, params: dict, resume_from: str | None) -> None:
         trainer.train(resume_from_checkpoint=resume_from)
 
 
-def checkpoint_dir(stage: str, params: dict, section: dict, restart: bool) -> tuple[Path, str | None]:
+def checkpoint_dir(stage: str, params: dict, restart: bool) -> tuple[Path, str | None]:
     """checkpoints/<stage>: the trainer's output_dir, kept across a kill so the stage resumes.
 
-    A checkpoint is reused only by a run with the same params (fingerprint); `--restart` wipes it.
+    A checkpoint is reused only by a run with the same result params (the stage table's keys, the ones DVC
+    and Snakemake rerun the stage for); `--restart` wipes it.
     """
     path = Path("checkpoints") / stage
     fingerprint = hashlib.sha256(
-        json.dumps({"section": section, "prompt": params["prompt"], "seed": params["seed"],
-                    "deepspeed": params["compute"]["deepspeed"]}, sort_keys=True).encode()
+        json.dumps(stages.result_params(stage, params), sort_keys=True).encode()
     ).hexdigest()[:16]
     marker = path / "fingerprint.txt"
     if restart or not marker.is_file() or marker.read_text() != fingerprint:

@@ -79,11 +79,9 @@ def run(params: dict, args) -> None:
     fmt = PromptFormat.from_params(tokenizer, params)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
-    # Which sets the trained model is evaluated on does not change the training: not in the fingerprint.
-    trained_by = {key: value for key, value in cfg.items() if key != "eval_pairs"}
-    work_dir, resume_from = checkpoint_dir("reward", params, trained_by, getattr(args, "restart", False))
+    work_dir, resume_from = checkpoint_dir("reward", params, getattr(args, "restart", False))
     config = RewardConfig(
-        **trainer_args(cfg, params, work_dir),
+        **trainer_args(cfg, params, work_dir, "reward"),
         max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
     )
     # Loaded after the config: under ZeRO-3 the weights are partitioned as they load.

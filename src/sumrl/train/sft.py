@@ -34,9 +34,9 @@ def run(params: dict, args) -> None:
     tokenizer = load_tokenizer(stages.BASE, params["compute"]["trust_remote_code"], padding_side="right")
     fmt = PromptFormat.from_params(tokenizer, params)
     train_set = sft_dataset(read_jsonl(Path(stages.PREPARED) / "sft.jsonl"), fmt)
-    work_dir, resume_from = checkpoint_dir("sft", params, cfg, getattr(args, "restart", False))
+    work_dir, resume_from = checkpoint_dir("sft", params, getattr(args, "restart", False))
     config = SFTConfig(
-        **trainer_args(cfg, params, work_dir),
+        **trainer_args(cfg, params, work_dir, "sft"),
         max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
         completion_only_loss=True,
         packing=False,
