@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # Stage commands (`sumrl ...`) run from the venv, whichever front end calls them.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run run-dvc test lint dag clean
+.PHONY: setup run run-dvc test test-fast lint dag clean
 
 $(BIN)/sumrl: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +34,14 @@ run: setup  ## the whole DAG on the embedded default, with Snakemake
 run-dvc: setup  ## the same DAG with DVC (.dvc/ is committed: the project is a DVC repo in every clone)
 	$(BIN)/dvc repro
 
-test: setup
+test: setup  ## the whole suite
 	$(BIN)/python -m pytest -q --durations=15
 
-lint: setup
+test-fast: setup  ## the inner loop: every test not marked slow (no whole-DAG, resume or multi-process runs)
+	$(BIN)/python -m pytest -q -m "not slow" --durations=5
+
+lint: setup  ## ruff (config in pyproject.toml), snakemake --lint, snakefmt --check
+	$(BIN)/ruff check src tests bench
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
 

@@ -95,7 +95,8 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
     times, lengths = [], []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        _, stats, _, _ = rl_step(engine, policy, method, fmt, rm, rm_tok, meta["kind"], prompts, rl)  # `sumrl rl`'s step
+        # `sumrl rl`'s step
+        _, stats, _, _ = rl_step(engine, policy, method, fmt, rm, rm_tok, meta["kind"], prompts, rl)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
             lengths.append(stats["length"])
@@ -198,7 +199,8 @@ def main() -> None:
             results[side] = json.loads(line[0][7:])
     episodes = cfg["k"] * cfg["prompts_per_step"]
     print(f"settings: {json.dumps(cfg)}")
-    print(f"{'':12s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s} {'speed vs trl':>13s} {'memory vs trl':>14s}"
+    print(f"{'':12s} {'s/step':>8s} {'episodes/s':>11s} {'peak RSS GB':>12s} "
+          f"{'speed vs trl':>13s} {'memory vs trl':>14s}"
           f" {'completion length':>18s}")
     trl = results["trl"]
     for r in results.values():

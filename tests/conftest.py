@@ -80,3 +80,28 @@ def rl_inputs(tmp_path_factory, tiny_model_dir):
             fh.write(json.dumps({"id": doc.id, "document": " ".join(doc.sentences["abstract"])[:400],
                                  "summary": " ".join(doc.sentences["abstract"])[:120]}) + "\n")
     return root
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from sumrl.models.load import load_tokenizer
+
+    return load_tokenizer(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
+    """Every run in test_deepspeed.RUNS (real trl runs, plain and ZeRO-2/3), single process: consolidated by
+    test_consolidate.py."""
+    from test_deepspeed import RUNS, build_runs
+
+    return build_runs("single", tiny_model_dir, tmp_path_factory.mktemp("runs"), list(RUNS))
+
+
+@pytest.fixture(scope="session")
+def two_rank_run(tiny_model_dir, tmp_path_factory) -> Path:
+    """A full fine-tune under ZeRO-3 on two CPU ranks: each rank writes its own partition of the weights."""
+    from test_deepspeed import build_runs
+
+    runs = build_runs("two_ranks", tiny_model_dir, tmp_path_factory.mktemp("runs2"), ["sft_zero3_full"], ranks=2)
+    return runs["sft_zero3_full"]

@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, TINY_OVERRIDES
 
 from sumrl.params import load_params
+
+from conftest import ROOT, TINY_OVERRIDES
 
 SUMRL = [sys.executable, "-m", "sumrl.cli"]
 

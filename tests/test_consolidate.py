@@ -23,7 +23,8 @@ from sumrl.models.load import load_reward_model
 from sumrl.scale import consolidate as cons
 from sumrl.scale.consolidate import ConsolidationError, consolidate
 from sumrl.scale.deepspeed import weights_only_torch_load
-from test_deepspeed import RUNS, STEPS, tiny_runs, two_rank_run  # noqa: F401  (session fixtures)
+
+from test_deepspeed import RUNS, STEPS
 
 ROOT = Path(__file__).resolve().parents[1]
 TAG = f"checkpoint-{STEPS}/global_step{STEPS}"

@@ -26,13 +26,6 @@ def with_overrides(params: dict, *overrides: str) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    from sumrl.models.load import load_tokenizer
-
-    return load_tokenizer(tiny_model_dir)
-
-
 @pytest.fixture
 def aclsum_params(tiny_params) -> dict:
     return with_overrides(tiny_params, *TINY_TOKENIZER_LIMITS)
@@ -132,7 +125,8 @@ def test_dialogsum_prepares_in_drop_mode(dialogsum_params, tok):
 
 
 def good_line(i: int) -> bytes:
-    row = {"id": f"r{i}", "document": f"Document {i} reports   results on topic {i}.", "summary": f"Summary {i} of the topic."}
+    row = {"id": f"r{i}", "document": f"Document {i} reports   results on topic {i}.",
+           "summary": f"Summary {i} of the topic."}
     return json.dumps(row).encode()
 
 
@@ -147,7 +141,8 @@ class Case:
 
 
 CASES = [
-    Case("malformed_json", b'{"id": "bad", "document": "text", "summary": ', "invalid_json", None, key="train.jsonl: line 3"),
+    Case("malformed_json", b'{"id": "bad", "document": "text", "summary": ', "invalid_json", None,
+         key="train.jsonl: line 3"),
     Case("missing_field", b'{"id": "bad", "document": "Some text here."}', "missing_field", "summary"),
     Case("empty_field", b'{"id": "bad", "document": "Some text here.", "summary": "  \\n "}', "empty_field", "summary"),
     Case("wrong_type", b'{"id": "bad", "document": "Some text here.", "summary": 42}', "wrong_type", "summary"),
@@ -156,7 +151,8 @@ CASES = [
     Case("duplicate_id", good_line(1), "duplicate_id", "id", key="r1"),
     Case("leakage", b'{"id": "bad", "document": "Held-out document number one.", "summary": "Its summary text."}',
          "leakage", "document"),
-    Case("document_too_long", json.dumps({"id": "bad", "document": "word " * 600, "summary": "A summary here."}).encode(),
+    Case("document_too_long",
+         json.dumps({"id": "bad", "document": "word " * 600, "summary": "A summary here."}).encode(),
          "document_too_long", None, always_dropped=True),
     Case("duplicate_document", json.dumps({"id": "bad", "document": "Document 1 reports results on topic 1.",
                                            "summary": "Another summary."}).encode(),
@@ -208,7 +204,8 @@ def test_bad_row_is_a_counted_drop(case, tiny_params, tok, tmp_path):
 @pytest.mark.parametrize("mode", ["error", "drop"])
 def test_an_empty_split_is_an_error_in_both_modes(mode, tiny_params, tok, tmp_path):
     folder = write_source(tmp_path / "src", good_line(99))
-    (folder / "test.jsonl").write_text(json.dumps({"id": "t1", "document": "word " * 600, "summary": "A summary."}) + "\n")
+    long_row = {"id": "t1", "document": "word " * 600, "summary": "A summary."}
+    (folder / "test.jsonl").write_text(json.dumps(long_row) + "\n")
     params = source_params(tiny_params, folder, mode)
     with pytest.raises(DataError, match=r"split\(s\) test empty after filtering") as err:
         prepare(load_rows(params), tok, params)

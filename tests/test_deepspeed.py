@@ -95,7 +95,7 @@ def train_run(base: Path, out: Path, stage: str, deepspeed: str, lora: bool) -> 
     unset_hf_deepspeed_config()  # ZeRO-3 would otherwise partition the next run's from_pretrained
 
 
-_BUILT: dict[str, dict[str, Path]] = {}  # test_consolidate.py shares these runs; train them once
+_BUILT: dict[str, dict[str, Path]] = {}  # trained once per session (fixtures tiny_runs, two_rank_run: conftest.py)
 
 
 def build_runs(key: str, base: Path, root: Path, names: list[str], ranks: int = 1) -> dict[str, Path]:
@@ -112,19 +112,6 @@ def build_runs(key: str, base: Path, root: Path, names: list[str], ranks: int = 
         assert proc.returncode == 0, proc.stderr[-4000:]
         _BUILT[key] = {name: root / name for name in names}
     return _BUILT[key]
-
-
-@pytest.fixture(scope="session")
-def tiny_runs(tiny_model_dir, tmp_path_factory) -> dict[str, Path]:
-    """Every run in RUNS, single process."""
-    return build_runs("single", tiny_model_dir, tmp_path_factory.mktemp("runs"), list(RUNS))
-
-
-@pytest.fixture(scope="session")
-def two_rank_run(tiny_model_dir, tmp_path_factory) -> Path:
-    """A full fine-tune under ZeRO-3 on two CPU ranks: each rank writes its own partition of the weights."""
-    runs = build_runs("two_ranks", tiny_model_dir, tmp_path_factory.mktemp("runs2"), ["sft_zero3_full"], ranks=2)
-    return runs["sft_zero3_full"]
 
 
 # ---- configs ---------------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ import json
 
 import pytest
 import yaml
-from conftest import ROOT, TINY_OVERRIDES
-from frontends import DVC, SNAKEMAKE, run, scratch_workflow, snakemake_job_name, snakemake_plan
 
 from sumrl import stages
 from sumrl.params import load_params
+
+from conftest import ROOT, TINY_OVERRIDES
+from frontends import DVC, SNAKEMAKE, run, scratch_workflow, snakemake_job_name, snakemake_plan
 
 pytestmark = pytest.mark.slow
 
@@ -102,7 +103,8 @@ def test_whole_dag_is_deterministic_and_an_rl_param_reruns_only_rl_and_downstrea
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The judge reads every policy's generations, so it reruns too (disabled, in a second).
     expected = {job.name for job in stages.expand(params)
-                if job.name.startswith(("rl@", "consolidate_rl@", "generate_rl@", "evaluate_rl@")) or job.name in ("judge", "report")}
+                if job.name.startswith(("rl@", "consolidate_rl@", "generate_rl@", "evaluate_rl@"))
+                or job.name in ("judge", "report")}
     assert planned(tmp_path) == expected
 
     # Whatever a stage writes must be one of its declared outputs, or neither front end tracks it.

@@ -13,8 +13,8 @@ import torch
 
 from sumrl.artifacts import DataError, read_json, read_jsonl, write_jsonl
 from sumrl.evaluate import generate, metrics
-from sumrl.params import deep_merge
 from sumrl.models.load import load_tokenizer
+from sumrl.params import deep_merge
 
 # ---- metric functions ------------------------------------------------------------------------------
 
@@ -104,7 +104,8 @@ def save_reward_model(src: Path, out: Path, kind: str = "scalar", num_scores: in
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(str(src), num_labels=1 if kind == "scalar" else num_scores)
+    num_labels = 1 if kind == "scalar" else num_scores
+    model = AutoModelForSequenceClassification.from_pretrained(str(src), num_labels=num_labels)
     model.save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
     (out / "sumrl_reward.json").write_text(json.dumps({"kind": kind, "num_scores": num_scores}))

@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from sumrl import stages
+from sumrl.params import load_params, select
+
 from frontends import (
     ROOT,
     SNAKEMAKE,
@@ -24,9 +28,6 @@ from frontends import (
     snakemake_plan,
     stage_counts,
 )
-
-from sumrl import stages
-from sumrl.params import load_params, select
 
 VARIANTS = {
     "default": [],
@@ -113,7 +114,7 @@ def test_snakemake_matches_table(variant):
         assert sm["log"] == [match["log"]], name
         assert set(sm["output"]) == outputs(job), name
         assert collapse_inputs(sm["input"], job, workdir, table) == set(job.deps), name
-        assert sm["params"] == snakemake_params(job, params), f"{name}: params differ from the table's keys {job.params}"
+        assert sm["params"] == snakemake_params(job, params), f"{name}: params differ from the table's {job.params}"
         assert sm["threads"] == params["compute"]["threads"], name
         assert {"mem_mb", "runtime"} <= set(sm["resources"]), name
         if sm["rule"] in TRAINING_RULES:
@@ -181,3 +182,12 @@ def test_resume_fingerprints_hash_the_stage_table_keys():
     assert _fingerprint(base, "rloo", 1) != _fingerprint(base, "rloo", 0)
     assert stages.result_params("sft", same) != stages.result_params("sft", base)
     assert stages.result_params("reward", same) == stages.result_params("reward", base)
+
+
+def test_one_list_of_rl_methods():
+    """The stage table (lowest layer), the schema and the method registry (rl/methods.py) name the same methods."""
+    from sumrl.params import load_schema
+    from sumrl.rl.methods import METHODS
+
+    enum = load_schema()["properties"]["rl"]["properties"]["methods"]["items"]["enum"]
+    assert tuple(METHODS) == stages.RL_METHODS == tuple(enum)

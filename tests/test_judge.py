@@ -22,12 +22,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from frontends import run as run_tool
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_json, write_jsonl
 from sumrl.evaluate import judge
 from sumrl.params import ParamsError, check_environment, load_params
+
+from frontends import run as run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -12,7 +12,8 @@ from sumrl.data import pairs as pairs_stage
 from sumrl.data import prepare as prep
 from sumrl.data.pairs import GENERATED, HUMAN, human_pairs
 from sumrl.data.sources import load_pair_rows
-from test_data import TINY_TOKENIZER_LIMITS, assert_accounted, in_project, tok, with_overrides  # noqa: F401
+
+from test_data import TINY_TOKENIZER_LIMITS, assert_accounted, in_project, with_overrides
 
 
 def pair_params(params: dict, path: Path, mode: str = "error") -> dict:

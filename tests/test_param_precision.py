@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from frontends import BIN, DVC, ROOT, SNAKEMAKE, run, scratch_workflow, snakemake_job_name, snakemake_plan
 
 from sumrl.params import deep_merge, parse_override, read_yaml
 from sumrl.stages import expand
+
+from frontends import BIN, DVC, ROOT, SNAKEMAKE, run, scratch_workflow, snakemake_job_name, snakemake_plan
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
+
 from frontends import ROOT, SNAKEMAKE, run, scratch_workflow
 
 # Runs the CLI in-process and fails if it imported torch: validation must come before anything heavy.
@@ -66,7 +67,8 @@ CASES = {
         expect=("compute.offload: 'cpu' offloads ZeRO state, so it needs compute.deepspeed zero2 or zero3",),
     ),
     "rloo-groups-do-not-divide": Case(
-        preset="rl: {rloo: {k: 3}}\n", expect=("rl.rollout_batch_size: 8 completions do not split into groups of rl.rloo.k = 3",),
+        preset="rl: {rloo: {k: 3}}\n",
+        expect=("rl.rollout_batch_size: 8 completions do not split into groups of rl.rloo.k = 3",),
     ),
     "mini-batches-do-not-divide": Case(
         preset="rl: {mini_batches: 3}\n",
@@ -95,7 +97,8 @@ CASES = {
         params=PARAMS.replace("  kl_coef: 0.05\n", ""), expect=("rl: 'kl_coef' is a required property",)
     ),
     "yaml-syntax-error": Case(
-        params=PARAMS.replace("  kl_coef: 0.05\n", "  kl_coef: [0.05\n"), expect=("params.yaml: not valid YAML", 'in "params.yaml", line')
+        params=PARAMS.replace("  kl_coef: 0.05\n", "  kl_coef: [0.05\n"),
+        expect=("params.yaml: not valid YAML", 'in "params.yaml", line'),
     ),
     "preset-file-missing": Case(preset_path="presets/nope.yaml", expect=("presets/nope.yaml",)),
 }

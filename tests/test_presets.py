@@ -7,14 +7,15 @@ by Snakemake when a real run starts, but not by a dry run, so every preset plans
 
 from __future__ import annotations
 
-import sys
 import json
+import sys
 from pathlib import Path
 
 import pytest
-from frontends import ROOT, SNAKEMAKE, job_stats, run, scratch_workflow, stage_counts
 
 from sumrl.params import deep_merge, load_params, read_yaml
+
+from frontends import ROOT, SNAKEMAKE, job_stats, run, scratch_workflow, stage_counts
 
 PRESETS = sorted(p.name for p in (ROOT / "presets").glob("*.yaml"))
 EXPECTED = {
@@ -120,10 +121,11 @@ def tldr_human_local_overrides(shared: Path) -> list[str]:
 def test_tldr_human_on_the_shared_human_comparisons(shared_data, tiny_model_dir, tmp_path, monkeypatch):
     """The preset with its local overrides: TL;DR posts for SFT / RL / test (the validation posts), the RM's pairs
     the human comparisons with their own train / validation split, nothing generated."""
-    from conftest import TINY_OVERRIDES
     from sumrl.data import pairs, prepare
     from sumrl.data.sources import load_rows
     from sumrl.models.load import load_tokenizer
+
+    from conftest import TINY_OVERRIDES
 
     params = load_params(ROOT / "params.yaml", ROOT / "presets" / "tldr-human.yaml", [
         *tldr_human_local_overrides(shared_data), *TINY_OVERRIDES, f"model.base={tiny_model_dir}",
@@ -133,7 +135,8 @@ def test_tldr_human_on_the_shared_human_comparisons(shared_data, tiny_model_dir,
     splits, card = prepare.prepare(load_rows(params), tok, params)
     validation_posts = {" ".join(json.loads(line)["prompt"].split())
                         for line in open(shared_data / "tldr_feedback_comparisons_small" / "pref_validation.jsonl")}
-    assert 0 < len(splits["test"]) <= 6 and all(" ".join(r["document"].split()) in validation_posts for r in splits["test"])
+    assert 0 < len(splits["test"]) <= 6
+    assert all(" ".join(r["document"].split()) in validation_posts for r in splits["test"])
     assert not {r["document"] for r in splits["sft"] + splits["rl"]} & {r["document"] for r in splits["test"]}
     pair_splits, pair_card = pairs.human_pairs(pairs.load_pair_rows(params), tok, params)
     assert pair_card["origin"] == pairs.HUMAN

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from sumrl import stages
-from sumrl.artifacts import DataError, CurveLogger, read_json, write_json, write_jsonl
+from sumrl.artifacts import CurveLogger, DataError, read_json, write_json, write_jsonl
 from sumrl.evaluate import judge
 from sumrl.evaluate.metrics import aggregate
 from sumrl.params import load_params
-from sumrl.report import run as report_run
 from sumrl.report import document, tables
+from sumrl.report import run as report_run
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = ["e0", "e1", "e2", "e3"]

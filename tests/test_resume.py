@@ -10,16 +10,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from projects import SUMRL, make_project, sumrl, add_rl_inputs
+
+from projects import SUMRL, add_rl_inputs, make_project, sumrl
 
 pytestmark = pytest.mark.slow
 

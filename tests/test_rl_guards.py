@@ -10,8 +10,7 @@ import torch
 
 from sumrl.rl import advantages as F
 from sumrl.rl.guards import Guards, adaptive_kl_update, length_penalty, merge_moments
-from sumrl.rl.methods import Rollout
-
+from sumrl.rl.method import Rollout
 from test_rl_loop import _params, _train
 
 

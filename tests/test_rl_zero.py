@@ -14,8 +14,9 @@ import shutil
 
 import pytest
 import yaml
-from projects import add_rl_inputs, make_project, sumrl
 from safetensors.torch import load_file
+
+from projects import add_rl_inputs, make_project, sumrl
 
 pytestmark = pytest.mark.slow
 # 2 steps of 4 completions, 2 mini-batches of 2, micro-batches of 1: the engine's accumulation boundary is ours.

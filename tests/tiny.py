@@ -47,7 +47,8 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2, seed: int = 0) -> Path:
+def build_tiny_model(out_dir: str | Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2,
+                     seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     tok = build_tokenizer(vocab_size)
     torch.manual_seed(seed)

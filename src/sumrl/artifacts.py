@@ -11,8 +11,8 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 
 class DataError(ValueError):

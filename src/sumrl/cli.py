@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = stage("validate", "check params (schema, cross-key rules, files) and exit")
     p.add_argument("--write", metavar="PATH",
-                   help="also write the merged, validated params there (DVC tracks only params.yaml: bake a preset into it)")
+                   help="also write the merged, validated params there "
+                        "(DVC tracks only params.yaml: bake a preset into it)")
     stage("base-model", "materialize the base model as a Hugging Face folder")
     stage("prepare-data", "load, clean, filter and split the data; write the data card")
     stage("pairs", "build preference pairs (human pairs, or reference vs base-model sample)")
@@ -53,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                        ("reward", "reward model (trl RewardTrainer; scalar or probabilistic head)")):
         p = stage(name, what)
         p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
-    p = stage("consolidate", "turn a training run (plain or DeepSpeed ZeRO checkpoint, LoRA or full) into a verified HF folder")
+    p = stage("consolidate",
+              "turn a training run (plain or DeepSpeed ZeRO checkpoint, LoRA or full) into a verified HF folder")
     p.add_argument("--stage", required=True, type=_trained_stage, help="sft, reward, or an RL run <method>_s<seed>")
     stage("reward-eval", "score the reward model on its validation pairs and on reward.eval_pairs (accuracy, "
                          "shorter-side preference, length-balanced accuracy)")

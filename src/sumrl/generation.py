@@ -39,7 +39,8 @@ def completion_mask(completion_ids: torch.Tensor, eos_token_id: int) -> tuple[to
     """Mask = 1 for tokens up to and including the first EOS (all tokens if there is none)."""
     is_eos = completion_ids == eos_token_id
     has_eos = is_eos.any(dim=1)
-    first = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long))
+    width = torch.full_like(has_eos, completion_ids.size(1), dtype=torch.long)
+    first = torch.where(has_eos, is_eos.int().argmax(dim=1), width)
     positions = torch.arange(completion_ids.size(1), device=completion_ids.device).unsqueeze(0)
     return (positions <= first.unsqueeze(1)).long(), has_eos
 

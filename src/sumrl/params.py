@@ -12,9 +12,10 @@ import copy
 import difflib
 import json
 import os
+from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -41,7 +42,8 @@ def read_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
-        with open(path, encoding="utf-8") as fh:  # a stream, so YAML's error marks name the file, not "<unicode string>"
+        # A stream, so that YAML's error marks name the file, not "<unicode string>".
+        with open(path, encoding="utf-8") as fh:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc

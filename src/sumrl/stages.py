@@ -15,6 +15,7 @@ Snakemake: wildcards).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import product
 
 import yaml
@@ -301,7 +302,7 @@ def expand(params: dict) -> list[StageInstance]:
         else:
             items = [(stage.name, {})]
         for name, values in items:
-            fill = lambda text: text.format(**values) if values else text  # noqa: E731
+            fill = partial(_fill, values=values)
             jobs.append(
                 StageInstance(
                     name=name,
@@ -321,6 +322,11 @@ def result_params(stage: str, params: dict, **fields) -> dict:
     method="ppo"): what its resume fingerprint hashes, so that a checkpoint outlives every other change."""
     (table_stage,) = [st for st in STAGES if st.name == stage]
     return select(params, [key.format(**fields) for key in table_stage.params])
+
+
+def _fill(text: str, values: dict) -> str:
+    """A templated field of the table (`models/rl/{method}_s{seed}`) for one job."""
+    return text.format(**values) if values else text
 
 
 def _dvc_template(text: str) -> str:

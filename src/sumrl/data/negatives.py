@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 SAMPLE_KINDS = ("sample", "matched_sample")
 REFERENCE_KINDS = ("other_reference", "swapped_sentence", "shuffled")

@@ -19,9 +19,20 @@ from pathlib import Path
 from sumrl import stages
 from sumrl.artifacts import DataError, read_jsonl
 from sumrl.data import negatives as neg
-from sumrl.data.prepare import (Item, Ledger, data_card, drop_duplicate_ids, drop_leaks, first_copies,
-                                length_stats, normalize_row, normalize_whitespace, token_lengths, unit_hash,
-                                write_splits)
+from sumrl.data.prepare import (
+    Item,
+    Ledger,
+    data_card,
+    drop_duplicate_ids,
+    drop_leaks,
+    first_copies,
+    length_stats,
+    normalize_row,
+    normalize_whitespace,
+    token_lengths,
+    unit_hash,
+    write_splits,
+)
 from sumrl.data.sources import Loaded, Problem, Row, load_pair_rows
 
 log = logging.getLogger(__name__)

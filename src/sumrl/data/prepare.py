@@ -13,8 +13,8 @@ import hashlib
 import logging
 import re
 import statistics
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Callable, Hashable
 
 from sumrl import stages
 from sumrl.artifacts import DataError, atomic_path, write_json, write_jsonl
@@ -191,7 +191,7 @@ def filter_lengths(rows: list[Row], tokenizer, data: dict, ledger: Ledger) -> tu
 
 def unit_hash(seed: int, key: str) -> float:
     """A number in [0, 1) fixed by (seed, key): the same on every machine and Python run, unlike hash()."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -276,7 +276,8 @@ def render_card(card: dict) -> str:
     out = [f"# {card['title']}", ""]
     out += [f"> {note}\n" for note in card["notes"]]
     source = card["source"]
-    out.append("Source: " + ", ".join(f"{k} `{v}`" for k, v in source.items() if isinstance(v, (str, int, float)) and v))
+    shown = {k: v for k, v in source.items() if isinstance(v, (str, int, float)) and v}
+    out.append("Source: " + ", ".join(f"{k} `{v}`" for k, v in shown.items()))
     out += [f"- `{f}` -> {s}" for f, s in source.get("files", {}).items()]
     out += [f"- `{f}` left out (its name says no split)" for f in source.get("ignored_files", [])]
     out += ["", f"Rows read: {sum(card['rows_read'].values())} "
@@ -294,7 +295,8 @@ def render_card(card: dict) -> str:
         out += ["| reason | count | ids |", "|---|---:|---|"]
         for reason, drop in card["drops"].items():
             ids = ", ".join(f"`{i}`" for i in drop["ids"][:MAX_LISTED_IDS])
-            more = f" and {drop['count'] - MAX_LISTED_IDS} more (all in card.json)" if drop["count"] > MAX_LISTED_IDS else ""
+            hidden = drop["count"] - MAX_LISTED_IDS
+            more = f" and {hidden} more (all in card.json)" if hidden > 0 else ""
             out.append(f"| {reason} | {drop['count']} | {ids}{more} |")
     else:
         out.append("None.")

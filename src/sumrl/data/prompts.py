@@ -16,7 +16,7 @@ class PromptFormat:
     use_chat_template: bool = True
 
     @classmethod
-    def from_params(cls, tokenizer, params: dict) -> "PromptFormat":
+    def from_params(cls, tokenizer, params: dict) -> PromptFormat:
         p = params["prompt"]
         return cls(tokenizer, p["instruction"], p["use_chat_template"])
 

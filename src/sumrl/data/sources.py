@@ -11,9 +11,9 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping
 
 from sumrl.artifacts import DataError
 
@@ -204,7 +204,7 @@ def file_records(path: Path, kind: str) -> tuple[Records, dict]:
     return records(), source
 
 
-def read_jsonl_records(path: Path) -> Iterator[tuple[Origin, "dict | Problem"]]:
+def read_jsonl_records(path: Path) -> Iterator[tuple[Origin, dict | Problem]]:
     """Each non-blank line as a parsed object, or a Problem for a line that is not UTF-8 or not JSON.
 
     Bytes are decoded line by line and strictly, so a bad byte is reported at its line, not as a

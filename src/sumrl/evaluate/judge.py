@@ -31,9 +31,9 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_jsonl, write_json
@@ -211,7 +211,7 @@ class ReplyCache:
 
 
 def answer(queries: Iterable[Query], judge_id: Mapping, cache: ReplyCache,
-           make_backend: Callable[[], "Backend"]) -> tuple[dict[Query, str], dict]:
+           make_backend: Callable[[], Backend]) -> tuple[dict[Query, str], dict]:
     """A reply for every query, from the cache where it has one; the backend is built only if something is missing."""
     keys = {query: reply_key(judge_id, query) for query in queries}
     missing = list({keys[q]: q for q in keys if keys[q] not in cache}.values())

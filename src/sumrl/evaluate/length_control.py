@@ -17,9 +17,9 @@ Pure functions on lists of numbers: the report calls them, the tests check them 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Sequence
 
 import numpy as np
 

@@ -13,12 +13,36 @@ from sumrl.artifacts import atomic_path, write_json
 from sumrl.evaluate import length_control as lc
 from sumrl.report import plots
 from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
-from sumrl.report.inputs import (PAIRS_CARD, REWARD_EVAL, Inputs, consolidation_path, curve_path,
-                                 load_inputs, rl_curve_name)
-from sumrl.report.tables import (REFERENCE_POLICY, comparison_table, flatten, fmt, fmt_pct, fmt_pm, fmt_value,
-                                 headline_table, judge_table, key_value_table, length_bins, length_bins_table,
-                                 length_fit, metrics_json, policy_summary, sample_blocks, sample_ids, seed_spread,
-                                 seed_table)
+from sumrl.report.inputs import (
+    PAIRS_CARD,
+    REWARD_EVAL,
+    Inputs,
+    consolidation_path,
+    curve_path,
+    load_inputs,
+    rl_curve_name,
+)
+from sumrl.report.tables import (
+    REFERENCE_POLICY,
+    comparison_table,
+    flatten,
+    fmt,
+    fmt_pct,
+    fmt_pm,
+    fmt_value,
+    headline_table,
+    judge_table,
+    key_value_table,
+    length_bins,
+    length_bins_table,
+    length_fit,
+    metrics_json,
+    policy_summary,
+    sample_blocks,
+    sample_ids,
+    seed_spread,
+    seed_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +95,14 @@ def missing_curve(name: str) -> str:
     return f"No curve: `{curve_path(name)}` not found or empty."
 
 
-def write_plots(inputs: Inputs, summary: dict[str, dict], folder: Path, colors: dict[str, str]) -> dict[str, list[Block]]:
+def _direction(slope) -> str:
+    if slope.low > 0:
+        return "higher"
+    return "lower" if slope.high < 0 else "neither higher nor lower, within the interval"
+
+
+def write_plots(inputs: Inputs, summary: dict[str, dict], folder: Path,
+                colors: dict[str, str]) -> dict[str, list[Block]]:
     """Draw every figure into `folder`; figure key -> the blocks that show it (or say why it is absent)."""
     out: dict[str, list[Block]] = {}
     for stage, panels in (("sft", plots.SFT_PANELS), ("reward", plots.REWARD_PANELS)):
@@ -141,8 +172,7 @@ def comparison_section(summary: dict[str, dict], inputs: Inputs, fit: lc.LengthF
         Paragraph(f"The reward model's length preference on these summaries: {fmt(slope.estimate, signed=True)} "
                   f"reward per unit of log(length / reference length), 95% CI "
                   f"[{fmt(slope.low, signed=True)}, {fmt(slope.high, signed=True)}] "
-                  "(at equal quality a longer summary scores "
-                  f"{'higher' if slope.low > 0 else 'lower' if slope.high < 0 else 'neither higher nor lower, within the interval'})."),
+                  f"(at equal quality a longer summary scores {_direction(slope)})."),
         Heading("Win rate against the reference, by length", 3),
         length_bins_table(length_bins(inputs)),
         Paragraph("Columns are bins of log(length / reference length) (0 = as long as the reference; ±0.29 ≈ "

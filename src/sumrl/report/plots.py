@@ -41,7 +41,8 @@ def has_values(values: list[float]) -> bool:
     return any(not math.isnan(v) for v in values)
 
 
-def plot_curves(runs: dict[str, dict[str, list[float]]], panels, path: Path, styles: dict[str, dict] | None = None) -> bool:
+def plot_curves(runs: dict[str, dict[str, list[float]]], panels, path: Path,
+                styles: dict[str, dict] | None = None) -> bool:
     """One panel per column that some run logged, one line per run, against `step`.
 
     styles: run label -> matplotlib line keywords (colour per method, dash pattern per seed).

@@ -18,7 +18,7 @@ from sumrl.generation import finish_completions
 from sumrl.models.load import lora_config
 from sumrl.models.scoring import rewards_from_logits, score_texts, token_logprobs
 from sumrl.rl.advantages import penalized_scores
-from sumrl.rl.methods import Rollout
+from sumrl.rl.method import Rollout
 from sumrl.rl.prefix import PromptGroups, continue_prompts, hidden_after_prompts, prompt_cache, sample, unwrap
 
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 
 import torch
 
-from sumrl.rl.methods import Rollout
+from sumrl.rl.method import Rollout
 
 ADAPTIVE_CLIP = 0.2
 

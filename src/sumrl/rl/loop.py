@@ -36,7 +36,8 @@ from sumrl.rl import advantages as F
 from sumrl.rl.core import ValueHead, add_lora, forward_completion, rollout
 from sumrl.rl.engine import build_engine, read_state
 from sumrl.rl.guards import Guards
-from sumrl.rl.methods import Method, build_method
+from sumrl.rl.method import Method
+from sumrl.rl.methods import build_method
 
 log = logging.getLogger("sumrl.rl")
 

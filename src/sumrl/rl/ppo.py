@@ -4,7 +4,7 @@ token, a value head on the policy's last hidden state, GAE, clipped ratio and cl
 from __future__ import annotations
 
 from sumrl.rl import advantages as F
-from sumrl.rl.methods import Method, Rollout
+from sumrl.rl.method import Method, Rollout
 
 
 class PPO(Method):

@@ -7,7 +7,7 @@ completion and b a moving average of past batches' mean R.
 from __future__ import annotations
 
 from sumrl.rl import advantages as F
-from sumrl.rl.methods import Method, Rollout
+from sumrl.rl.method import Method, Rollout
 
 
 class Reinforce(Method):

@@ -4,7 +4,7 @@ mean return of the other k-1. The baseline needs no memory and no value model.""
 from __future__ import annotations
 
 from sumrl.rl import advantages as F
-from sumrl.rl.methods import Method, Rollout
+from sumrl.rl.method import Method, Rollout
 
 
 class RLOO(Method):

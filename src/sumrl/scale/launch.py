@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from sumrl.scale.deepspeed import deepspeed_config_path, launch_dir, zero_mode
 

@@ -66,8 +66,8 @@ def num_labels(cfg: dict) -> int:
 
 
 def run(params: dict, args) -> None:
-    from sumrl.scale.launch import maybe_relaunch
     from sumrl.scale.deepspeed import prepare_distributed_env
+    from sumrl.scale.launch import maybe_relaunch
 
     maybe_relaunch(params)
     prepare_distributed_env(params)

@@ -24,8 +24,8 @@ def sft_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
 
 
 def run(params: dict, args) -> None:
-    from sumrl.scale.launch import maybe_relaunch
     from sumrl.scale.deepspeed import prepare_distributed_env
+    from sumrl.scale.launch import maybe_relaunch
 
     maybe_relaunch(params)
     prepare_distributed_env(params)
