@@ -69,9 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True)
     stage("judge", "LLM-judge win rate and G-Eval score of every policy (writes {enabled: false} unless judge.enabled)")
     stage("report", "reports/report.md, metrics.json and plots comparing all policies")
+    p = sub.add_parser("params", help="the params reference (every key: accepts, default, purpose, what it reruns)")
+    p.add_argument("--write", metavar="FILE", help="replace FILE's params reference section (README.md) instead")
     p = sub.add_parser("stages", help="print the stage table, or write dvc.yaml from it")
     p.add_argument("--write-dvc", action="store_true", help="(re)write dvc.yaml")
     return parser
+
+
+def _params_reference(args) -> int:
+    from sumrl.params_doc import reference_markdown, write_reference
+
+    if args.write:
+        changed = write_reference(Path(args.write))
+        print(f"{args.write}: params reference {'updated' if changed else 'already current'}")
+    else:
+        print(reference_markdown(), end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "stages":
         return _stages(args)
+    if args.command == "params":
+        return _params_reference(args)
     try:
         params = load_params(args.params, args.preset, args.overrides)
         if args.command in ("validate", "judge"):  # the environment matters only where it is used

@@ -1,5 +1,5 @@
-"""What the two trl-based training stages (SFT, reward) share: LoRA config, trainer arguments,
-curve logging, resumable checkpoints, and the run folder that `consolidate` reads."""
+"""What the two trl-based training stages (SFT, reward) share: trainer arguments, curve logging, resumable
+checkpoints, and the run folder that `consolidate` reads."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ def trainer_args(section: dict, params: dict, output_dir: Path, stage: str) -> d
         seed=params["seed"],
         data_seed=params["seed"],
         use_cpu=params["compute"]["device"] == "cpu" or not _cuda(),
-        bf16=False,  # CPU: "Your setup doesn't support bf16/gpu"; fp32 on CPU is also the fastest here
+        # No autocast: the base weights are loaded in model.dtype already (auto: bf16 only where matmuls are native)
+        # and the LoRA adapters stay fp32; the trainer's bf16 flag would also refuse a CPU without bf16 support.
+        bf16=False,
         gradient_checkpointing=False,  # 20-25% faster at this size; costs ~1 GB
         dataloader_num_workers=0,
         disable_tqdm=False,
