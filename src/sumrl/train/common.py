@@ -8,13 +8,17 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from sumrl import stages
+from sumrl import runtime, stages
 from sumrl.artifacts import CurveLogger, atomic_path, write_json
+from sumrl.data.prompts import PromptFormat
+from sumrl.models.load import load_tokenizer
+from sumrl.params import PROMPT_TEMPLATE_TOKENS
 
 log = logging.getLogger("sumrl.train")
 
@@ -116,6 +120,52 @@ def checkpoint_dir(stage: str, params: dict, restart: bool) -> tuple[Path, str |
     if last:
         log.info("resuming %s from %s", stage, last)
     return path, last
+
+
+@dataclass
+class Session:
+    """What a trl training stage has once it is set up: where it runs, how it tokenizes and prompts, where it
+    checkpoints, and the checkpoint it resumes from (None: a fresh start)."""
+
+    name: str
+    device: object
+    tokenizer: object
+    fmt: PromptFormat
+    work_dir: Path
+    resume_from: str | None
+
+
+def start_session(name: str, params: dict, base: str, restart: bool) -> Session:
+    """The common start of `sumrl sft` and `sumrl reward`: relaunch under accelerate if asked, seed, threads
+    and device, the base's tokenizer (right padding, as trl trains), and the resumable checkpoint folder."""
+    from sumrl.scale.deepspeed import prepare_distributed_env
+    from sumrl.scale.launch import maybe_relaunch
+
+    maybe_relaunch(params)
+    prepare_distributed_env(params)
+    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
+    tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
+    work_dir, resume_from = checkpoint_dir(name, params, restart)
+    return Session(name, device, tokenizer, PromptFormat.from_params(tokenizer, params), work_dir, resume_from)
+
+
+def max_length(params: dict) -> int:
+    """Tokens of a training example: the document, the summary and the prompt template around them."""
+    return params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + PROMPT_TEMPLATE_TOKENS
+
+
+def curve_callback(session: Session, columns: dict[str, str]) -> CurveCallback:
+    """reports/curves/<stage>.csv, fed from the trainer's logs (trainer key -> CSV column)."""
+    return CurveCallback(Path(stages.CURVES) / f"{session.name}.csv", columns, session.resume_from)
+
+
+def train_and_write(trainer, params: dict, session: Session, run_dir: str, info: dict) -> None:
+    """Train (resuming if there is a checkpoint), then write the run folder `consolidate` reads."""
+    run_trainer(trainer, params, session.resume_from)
+    write_run(Path(run_dir), session.work_dir, trainer, {
+        "stage": session.name, **info, "deepspeed": params["compute"]["deepspeed"], "lora": True,
+        "steps": trainer.state.global_step,
+    })
 
 
 def write_run(out_dir: Path, work_dir: Path, trainer, info: dict) -> None:

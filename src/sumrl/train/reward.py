@@ -17,12 +17,12 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
-from sumrl import runtime, stages
+from sumrl import stages
 from sumrl.artifacts import read_jsonl
 from sumrl.data.prompts import PromptFormat
-from sumrl.models.load import load_tokenizer, lora_config, torch_dtype, use_distinct_pad
+from sumrl.models.load import lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits
-from sumrl.train.common import CurveCallback, checkpoint_dir, run_trainer, trainer_args, write_run
+from sumrl.train.common import curve_callback, max_length, start_session, train_and_write, trainer_args
 
 
 class ProbabilisticRewardTrainer(RewardTrainer):
@@ -66,45 +66,31 @@ def num_labels(cfg: dict) -> int:
 
 
 def run(params: dict, args) -> None:
-    from sumrl.scale.deepspeed import prepare_distributed_env
-    from sumrl.scale.launch import maybe_relaunch
-
-    maybe_relaunch(params)
-    prepare_distributed_env(params)
     cfg = params["reward"]
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
     base = reward_base(params)
-    tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
-    use_distinct_pad(tokenizer)
-    fmt = PromptFormat.from_params(tokenizer, params)
+    session = start_session("reward", params, base, getattr(args, "restart", False))
+    use_distinct_pad(session.tokenizer)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
-    work_dir, resume_from = checkpoint_dir("reward", params, getattr(args, "restart", False))
-    config = RewardConfig(
-        **trainer_args(cfg, params, work_dir, "reward"),
-        max_length=params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + 64,
-    )
+    config = RewardConfig(**trainer_args(cfg, params, session.work_dir, "reward"), max_length=max_length(params))
     # Loaded after the config: under ZeRO-3 the weights are partitioned as they load.
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=num_labels(cfg), dtype=torch_dtype(params),
         trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
-    ).to(device)
-    model.config.pad_token_id = tokenizer.pad_token_id
+    ).to(session.device)
+    model.config.pad_token_id = session.tokenizer.pad_token_id
     trainer_cls = RewardTrainer if cfg["kind"] == "scalar" else ProbabilisticRewardTrainer
     trainer = trainer_cls(
         model=model,
         args=config,
-        train_dataset=preference_dataset(train_rows, fmt),
-        processing_class=tokenizer,
+        train_dataset=preference_dataset(train_rows, session.fmt),
+        processing_class=session.tokenizer,
         peft_config=lora_config(cfg["lora"], "SEQ_CLS"),
-        callbacks=[CurveCallback(Path(stages.CURVES) / "reward.csv",
-                                 {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
-                                  "learning_rate": "learning_rate"}, resume_from)],
+        callbacks=[curve_callback(session, {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
+                                            "learning_rate": "learning_rate"})],
     )
-    run_trainer(trainer, params, resume_from)
-    write_run(Path(stages.REWARD_RUN), work_dir, trainer, {
-        "stage": "reward", "task": "sequence_classification", "base": base, "num_labels": num_labels(cfg),
+    train_and_write(trainer, params, session, stages.REWARD_RUN, {
+        "task": "sequence_classification", "base": base, "num_labels": num_labels(cfg),
         "reward": {"kind": cfg["kind"], "num_scores": num_labels(cfg)},
-        "deepspeed": params["compute"]["deepspeed"], "lora": True, "steps": trainer.state.global_step,
         "train_pairs": len(train_rows), "validation_pairs": len(val_rows),
     })
