@@ -344,7 +344,7 @@ class FlakyEndpoint(BaseHTTPRequestHandler):
 @pytest.mark.parametrize("key", [SECRET, None])
 def test_retry_after_503_and_the_key_only_in_the_header(monkeypatch, key):
     """A stdlib server (not the model server: that one does not fail on demand) for the retry path."""
-    monkeypatch.setattr(judge, "BACKOFF_S", 0.01)
+    monkeypatch.setattr(judge.backends, "BACKOFF_S", 0.01)
     FlakyEndpoint.seen = []
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), FlakyEndpoint)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()

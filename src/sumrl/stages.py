@@ -253,7 +253,7 @@ STAGES: tuple[Stage, ...] = (
         # both front ends delete outputs before a rerun, and the cache is what makes a rerun cost nothing.
         "judge",
         "sumrl judge",
-        deps=(f"{CODE}/evaluate/judge.py", f"{CODE}/evaluate/metrics.py", *SHARED_CODE, "reports/generations", BASE),
+        deps=(f"{CODE}/evaluate/judge", f"{CODE}/evaluate/metrics.py", *SHARED_CODE, "reports/generations", BASE),
         outs=(),
         params=("seed", "judge", *RUNTIME),
         metrics=(JUDGE,),
