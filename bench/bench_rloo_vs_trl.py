@@ -67,6 +67,7 @@ def reward_dir(model_dir: str, workdir: Path) -> str:
 def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, micro: int | None) -> dict:
     import torch
 
+    from sumrl.config import LoraSettings, RLConfig
     from sumrl.data.prompts import PromptFormat
     from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
     from sumrl.params import load_params
@@ -82,10 +83,11 @@ def run_sumrl(cfg: dict, model_dir: str, rm_dir: str, steps: int, warmup: int, m
         f"rl.rollout_batch_size={cfg['k'] * cfg['prompts_per_step']}", "rl.mini_batches=1", "rl.epochs=1",
         f"rl.micro_batch_size={'null' if micro is None else micro}", f"model.dtype={cfg['dtype']}",
         "rl.length_penalty=0"])  # trl's RLOO has no length penalty: the same objective on both sides
-    rl = {**params["rl"], "learning_rate": cfg["learning_rate"]}
+    rl = RLConfig.from_params(params).replace(learning_rate=cfg["learning_rate"])
     tok = load_tokenizer(model_dir)
-    policy = add_lora(load_policy(model_dir, params), {"r": cfg["lora_r"], "alpha": cfg["lora_alpha"],
-                                                       "dropout": 0.0, "target_modules": cfg["target_modules"]})
+    lora = LoraSettings(r=cfg["lora_r"], alpha=cfg["lora_alpha"], dropout=0.0,
+                        target_modules=tuple(cfg["target_modules"]))
+    policy = add_lora(load_policy(model_dir, params), lora)
     rm, meta = load_reward_model(rm_dir, params)
     rm_tok = load_tokenizer(rm_dir)
     method = build_method("rloo", rl)

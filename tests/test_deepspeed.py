@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from sumrl.config import RLConfig
 from sumrl.params import ParamsError, load_params
 from sumrl.scale import deepspeed as ds
 from sumrl.scale import launch
@@ -165,7 +166,7 @@ class _Model:
 def test_rl_deepspeed_config_fills_every_auto_from_the_rl_params(mode):
     params = mode_params(mode)
     params["rl"].update(rollout_batch_size=8, mini_batches=2, micro_batch_size=3, max_grad_norm=0.5)
-    config = ds.rl_deepspeed_config(params, _Model())
+    config = ds.rl_deepspeed_config(params, RLConfig.from_params(params), _Model())
     assert "auto" not in json.dumps(config)
     # mini-batch of 4 in micro-batches of 3: two micro-batches (3 + 1), so the engine sees 3 x 2 per step
     assert (config["train_micro_batch_size_per_gpu"], config["gradient_accumulation_steps"]) == (3, 2)
@@ -186,7 +187,8 @@ def test_rl_deepspeed_config_takes_bf16_from_what_trains(trained_dtype, bf16):
     model[0].requires_grad_(False)
     model[1].to(getattr(torch, trained_dtype))
     model.config = _Model.config
-    config = ds.rl_deepspeed_config(mode_params("zero2"), model)
+    params = mode_params("zero2")
+    config = ds.rl_deepspeed_config(params, RLConfig.from_params(params), model)
     assert config["bf16"]["enabled"] is bf16
 
 
@@ -196,7 +198,8 @@ def test_rl_deepspeed_config_names_an_auto_it_cannot_fill(tmp_path):
 
 
 def test_rl_deepspeed_config_is_none_without_deepspeed():
-    assert ds.rl_deepspeed_config(params_with(deepspeed="none"), _Model()) is None
+    params = params_with(deepspeed="none")
+    assert ds.rl_deepspeed_config(params, RLConfig.from_params(params), _Model()) is None
 
 
 @pytest.mark.parametrize("mode", ["ddp", *MODES])

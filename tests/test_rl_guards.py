@@ -8,16 +8,22 @@ import math
 import pytest
 import torch
 
+from sumrl.config import RLConfig
+from sumrl.params import load_params
 from sumrl.rl import advantages as F
 from sumrl.rl.guards import Guards, adaptive_kl_update, length_penalty, merge_moments
 from sumrl.rl.method import Rollout
 from test_rl_loop import _params, _train
 
+from conftest import ROOT
 
-def cfg(**over) -> dict:
+
+def cfg(**over) -> RLConfig:
+    """The default rl params with the guard keys set (kl_coef 0.1, fixed control, no shaping) and `over` on top."""
     base = {"kl_coef": 0.1, "kl_control": {"kind": "fixed", "target": 4.0, "horizon": 100},
             "reward_normalization": False, "length_penalty": 0.0}
-    return {**base, **over}
+    rl = {**load_params(ROOT / "params.yaml", check_files=False)["rl"], **base, **over}
+    return RLConfig.from_params({"rl": rl})
 
 
 def rollout(scores, lengths) -> Rollout:

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from sumrl import runtime
+from sumrl.config import RLConfig
 from sumrl.params import load_params
 from sumrl.rl.loop import train
 from sumrl.scale.consolidate import consolidate
@@ -99,7 +100,7 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
     from sumrl.rl.methods import build_method
 
     params = _params(tiny_model_dir, "rl.mini_batches=1", "rl.rollout_batch_size=4", "rl.rloo.k=2")
-    cfg = params["rl"]
+    cfg = RLConfig.from_params(params)
     runtime.setup(0, 2)
     tok = load_tokenizer(str(tiny_model_dir))
     rm, meta = load_reward_model(str(rl_inputs / "rm_scalar"), params)
@@ -108,7 +109,7 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
 
     def one_step(micro_batch_size):
         torch.manual_seed(0)
-        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg["lora"])
+        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg.lora)
         for name, p in policy.named_parameters():  # B = 0 at init would leave A's gradient zero
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)
@@ -130,7 +131,7 @@ def test_micro_batches_accumulate_the_mini_batch_gradient(method, tiny_model_dir
                                     values=None if batch.values is None else batch.values * mask)
         adv, extra = m.advantages(batch)
         before = [p.detach().clone() for p in engine.trainable]
-        losses, _ = update(engine, value_head, m, batch, adv, extra, {**cfg, "micro_batch_size": micro_batch_size})
+        losses, _ = update(engine, value_head, m, batch, adv, extra, cfg.replace(micro_batch_size=micro_batch_size))
         return [b - p.detach() for b, p in zip(before, engine.trainable)], losses
 
     whole, whole_loss = one_step(None)
@@ -164,9 +165,9 @@ def test_single_update_reuses_its_forward_as_pi_old_and_takes_the_same_step(meth
     rows = [p for p in prompts for _ in range(2)] if method == "rloo" else prompts * 2
 
     def one_step(micro_batch_size):
-        cfg = {**params["rl"], "micro_batch_size": micro_batch_size}
+        cfg = RLConfig.from_params(params).replace(micro_batch_size=micro_batch_size)
         torch.manual_seed(0)
-        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg["lora"])
+        policy = add_lora(load_policy(str(tiny_model_dir), params), cfg.lora)
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 torch.nn.init.normal_(p, std=0.02)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sumrl.config import RLConfig
 from sumrl.models.load import load_policy, load_tokenizer
 from sumrl.models.scoring import score_texts, token_logprobs
 from sumrl.rl.core import ValueHead, add_lora, forward_completion, score_completions
@@ -19,7 +20,7 @@ TEXTS = ["Summarize: we train a parser on treebank data and report accuracy.",
 @pytest.fixture
 def policy_and_tok(tiny_model_dir, tiny_params):
     torch.manual_seed(0)
-    policy = add_lora(load_policy(str(tiny_model_dir), tiny_params), tiny_params["rl"]["lora"])
+    policy = add_lora(load_policy(str(tiny_model_dir), tiny_params), RLConfig.from_params(tiny_params).lora)
     for name, p in policy.named_parameters():  # a trained adapter, so the LoRA path matters
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)

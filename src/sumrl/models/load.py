@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from sumrl.config import LoraSettings
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REWARD_META = "sumrl_reward.json"
 
@@ -40,12 +42,12 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False, padding_si
     return tok
 
 
-def lora_config(lora: dict, task_type: str):
+def lora_config(lora: LoraSettings, task_type: str):
     """The peft LoRA config of a params `lora:` block (sft, reward and rl each have one)."""
     from peft import LoraConfig
 
-    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                      target_modules=list(lora["target_modules"]), task_type=task_type)
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), task_type=task_type)
 
 
 def use_distinct_pad(tokenizer) -> None:

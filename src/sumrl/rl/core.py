@@ -13,6 +13,7 @@ import os
 import torch
 from peft import get_peft_model
 
+from sumrl.config import LoraSettings, RLConfig
 from sumrl.data.prompts import PromptFormat
 from sumrl.generation import finish_completions
 from sumrl.models.load import lora_config
@@ -22,7 +23,7 @@ from sumrl.rl.method import Rollout
 from sumrl.rl.prefix import PromptGroups, continue_prompts, hidden_after_prompts, prompt_cache, sample, unwrap
 
 
-def add_lora(model, lora: dict):
+def add_lora(model, lora: LoraSettings):
     return get_peft_model(model, lora_config(lora, "CAUSAL_LM"))
 
 
@@ -87,7 +88,7 @@ def score_completions(reward_model, rm_tokenizer, prompts: list[str], texts: lis
 
 
 @torch.no_grad()
-def rollout(policy, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str, prompts: list[str], cfg: dict,
+def rollout(policy, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str, prompts: list[str], cfg: RLConfig,
             value_head: ValueHead | None = None, with_pi_old: bool = True) -> tuple[Rollout, dict]:
     """Sample, then score: pi_old (unless the update's own forward will be it) and pi_ref log-probs,
     values (PPO), RM scores with the EOS penalty.
@@ -99,19 +100,19 @@ def rollout(policy, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str,
     tokenizer = fmt.tokenizer
     groups = PromptGroups.from_token_lists(tokenizer(prompts, add_special_tokens=False).input_ids)
     policy.eval()
-    sampled, entropy = sample(policy, groups, cfg["max_new_tokens"], cfg["temperature"], tokenizer.eos_token_id,
+    sampled, entropy = sample(policy, groups, cfg.max_new_tokens, cfg.temperature, tokenizer.eos_token_id,
                               tokenizer.pad_token_id)
     completion_ids, mask, has_eos, texts = finish_completions(tokenizer, sampled)
     mask = mask.float()
     with policy.disable_adapter():
-        ref_logp, _ = forward_completion(policy, groups, completion_ids, cfg["temperature"])
+        ref_logp, _ = forward_completion(policy, groups, completion_ids, cfg.temperature)
     raw_scores, sigma = score_completions(reward_model, rm_tokenizer, prompts, [fmt.completion(t) for t in texts],
                                           rm_kind)
-    scores = penalized_scores(raw_scores, has_eos, cfg["missing_eos_penalty"])
+    scores = penalized_scores(raw_scores, has_eos, cfg.missing_eos_penalty)
     batch = Rollout(groups, completion_ids, mask, has_eos, None, ref_logp * mask, scores, sigma, entropy=entropy * mask,
-                    kl_coef=cfg["kl_coef"])
+                    kl_coef=cfg.kl_coef)
     if with_pi_old:
-        batch = batch.with_policy(*forward_completion(policy, groups, completion_ids, cfg["temperature"], value_head))
+        batch = batch.with_policy(*forward_completion(policy, groups, completion_ids, cfg.temperature, value_head))
     stats = {"score_mean": raw_scores.mean().item(), "length": mask.sum(1).mean().item(),
              "eos_rate": has_eos.float().mean().item()}
     return batch, stats

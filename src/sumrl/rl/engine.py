@@ -21,14 +21,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sumrl.artifacts import atomic_path, write_json
+from sumrl.config import RLConfig
 
 log = logging.getLogger("sumrl.rl")
 
 STATE = "state.json"
 
 
-def adamw(trainable: list[torch.nn.Parameter], cfg: dict) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(trainable, lr=cfg["learning_rate"], eps=1e-6)
+def adamw(trainable: list[torch.nn.Parameter], cfg: RLConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(trainable, lr=cfg.learning_rate, eps=1e-6)
 
 
 class PlainEngine:
@@ -36,11 +37,11 @@ class PlainEngine:
 
     rank, world_size, zero_stage = 0, 1, None
 
-    def __init__(self, policy: torch.nn.Module, cfg: dict):
+    def __init__(self, policy: torch.nn.Module, cfg: RLConfig):
         self.model = policy
         self.trainable = [p for p in policy.parameters() if p.requires_grad]
         self.optimizer = adamw(self.trainable, cfg)
-        self.max_grad_norm = cfg["max_grad_norm"]
+        self.max_grad_norm = cfg.max_grad_norm
 
     def full_weights(self):
         return contextlib.nullcontext()
@@ -77,7 +78,7 @@ class ZeroEngine:
     Clipping to rl.max_grad_norm is the engine's (`gradient_clipping` in the config).
     """
 
-    def __init__(self, policy: torch.nn.Module, cfg: dict, ds_config: dict):
+    def __init__(self, policy: torch.nn.Module, cfg: RLConfig, ds_config: dict):
         import deepspeed
 
         trainable = [p for p in policy.parameters() if p.requires_grad]
@@ -128,12 +129,11 @@ class ZeroEngine:
             raise RuntimeError(f"{ckpt_dir}: DeepSpeed found no checkpoint to resume from")
 
 
-def build_engine(policy: torch.nn.Module, params: dict):
+def build_engine(policy: torch.nn.Module, params: dict, cfg: RLConfig):
     """A ZeroEngine when compute.deepspeed asks for ZeRO, else a PlainEngine (which runs in one process only)."""
     from sumrl.scale.deepspeed import rl_deepspeed_config
 
-    cfg = params["rl"]
-    ds_config = rl_deepspeed_config(params, policy)
+    ds_config = rl_deepspeed_config(params, cfg, policy)
     if ds_config is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world > 1:

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import torch
 
+from sumrl.config import RLConfig
 from sumrl.rl.method import Rollout
 
 ADAPTIVE_CLIP = 0.2
@@ -52,11 +53,11 @@ def length_penalty(lengths: torch.Tensor, reference_lengths: torch.Tensor, coef:
 class Guards:
     """The KL coefficient in force, and the score shaping above; one per RL run, checkpointed with it."""
 
-    def __init__(self, cfg: dict):
-        self.control = cfg["kl_control"]
-        self.kl_coef = float(cfg["kl_coef"])
-        self.normalize = cfg["reward_normalization"]
-        self.length_coef = cfg["length_penalty"]
+    def __init__(self, cfg: RLConfig):
+        self.control = cfg.kl_control
+        self.kl_coef = float(cfg.kl_coef)
+        self.normalize = cfg.reward_normalization
+        self.length_coef = cfg.length_penalty
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
 
     @property
@@ -78,9 +79,9 @@ class Guards:
 
     def update(self, kl: float, completions: int) -> None:
         """After a step: move beta toward the target KL (adaptive control only)."""
-        if self.control["kind"] == "adaptive":
-            self.kl_coef = adaptive_kl_update(self.kl_coef, kl, self.control["target"], completions,
-                                              self.control["horizon"])
+        if self.control.kind == "adaptive":
+            self.kl_coef = adaptive_kl_update(self.kl_coef, kl, self.control.target, completions,
+                                              self.control.horizon)
 
     def state_dict(self) -> dict:
         return {"kl_coef": self.kl_coef, "count": self.count, "mean": self.mean, "m2": self.m2}

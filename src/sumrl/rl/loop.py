@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from sumrl import runtime, stages
 from sumrl.artifacts import CurveLogger, atomic_path, read_jsonl, write_json
+from sumrl.config import RLConfig
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
 from sumrl.rl import advantages as F
@@ -63,13 +64,13 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
           stop_after: int | None = None) -> dict:
     """Train and write `out_dir`, the run folder that `sumrl consolidate` merges into the SFT weights:
     final/ (the adapter), checkpoint-N/ (the last ZeRO checkpoint, under DeepSpeed) and sumrl_run.json."""
-    cfg = params["rl"]
+    cfg = RLConfig.from_params(params)
     method = build_method(method_name, cfg)
     k = method.samples_per_prompt
-    if cfg["rollout_batch_size"] % k:
-        raise ValueError(f"rl.rollout_batch_size ({cfg['rollout_batch_size']}) must be a multiple of rloo.k ({k})")
-    prompts_per_step = cfg["rollout_batch_size"] // k
-    num_steps = cfg["total_episodes"] // cfg["rollout_batch_size"]
+    if cfg.rollout_batch_size % k:
+        raise ValueError(f"rl.rollout_batch_size ({cfg.rollout_batch_size}) must be a multiple of rloo.k ({k})")
+    prompts_per_step = cfg.rollout_batch_size // k
+    num_steps = cfg.total_episodes // cfg.rollout_batch_size
 
     tokenizer = load_tokenizer(sft_dir, params["compute"]["trust_remote_code"])
     fmt = PromptFormat.from_params(tokenizer, params)
@@ -78,12 +79,12 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     if not prompts:
         raise ValueError(f"{prompts_path}: no RL prompts")
     reference_lengths = _reference_lengths(fmt, prompts, rows)
-    policy = add_lora(load_policy(sft_dir, params, device), cfg["lora"])
+    policy = add_lora(load_policy(sft_dir, params, device), cfg.lora)
     if method.needs_values:
         policy.add_module(VALUE_HEAD, ValueHead(policy.config.hidden_size).to(device))
     reward_model, rm_meta = load_reward_model(reward_dir, params, device)
     rm_tokenizer = load_tokenizer(reward_dir, params["compute"]["trust_remote_code"])
-    engine = build_engine(policy, params)
+    engine = build_engine(policy, params, cfg)
     check_world_size(cfg, prompts_per_step, engine.world_size)
     main = engine.rank == 0
 
@@ -114,7 +115,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         if logger:
             logger.log({
                 "step": step + 1,
-                "episodes": (step + 1) * cfg["rollout_batch_size"],
+                "episodes": (step + 1) * cfg.rollout_batch_size,
                 "reward_mean": F.kl_shaped_return(batch.scores, seq_kl, batch.kl_coef).mean().item(),
                 "reward_std": batch.scores.std().item() if len(batch) > 1 else 0.0,
                 "score_mean": stats["score_mean"],
@@ -130,7 +131,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
                 "explained_variance": stats.get("explained_variance", ""),
                 "seconds": time.perf_counter() - t0,
             })
-        if (step + 1) % cfg["checkpoint_every"] == 0 and step + 1 < num_steps:
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < num_steps:
             engine.save(ckpt_dir, {"step": step + 1, "fingerprint": fingerprint, "method": method.state_dict(),
                                    "guards": guards.state_dict()})
             log.info("checkpoint at step %d -> %s", step + 1, ckpt_dir)
@@ -145,7 +146,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
         write_run(out_dir, ckpt_dir, tokenizer, {
             **summary, "stage": "rl", "task": "causal_lm", "base": sft_dir, "num_labels": None, "reward": None,
             "deepspeed": params["compute"]["deepspeed"], "lora": True,
-            "aux_modules": [VALUE_HEAD] if _value_head(policy) is not None else [], "rl": cfg,
+            "aux_modules": [VALUE_HEAD] if _value_head(policy) is not None else [], "rl": cfg.as_dict(),
         })
     return summary
 
@@ -180,8 +181,8 @@ def _value_head(policy) -> ValueHead | None:
 
 
 def rl_step(engine, policy, method: Method, fmt: PromptFormat, reward_model, rm_tokenizer, rm_kind: str,
-            prompts: list[str], cfg: dict, guards: Guards | None = None, reference_lengths: torch.Tensor | None = None
-            ) -> tuple:
+            prompts: list[str], cfg: RLConfig, guards: Guards | None = None,
+            reference_lengths: torch.Tensor | None = None) -> tuple:
     """One iteration on this process's `prompts` (each repeated k times): rollout, guards (the run's, or fresh
     ones from `cfg`), advantages, update. Returns the shaped rollout, its stats, and the losses and loss stats
     of each optimizer step."""
@@ -202,20 +203,20 @@ def rl_step(engine, policy, method: Method, fmt: PromptFormat, reward_model, rm_
     return batch, stats, losses, extras
 
 
-def is_single_update(cfg: dict, rows: int) -> bool:
+def is_single_update(cfg: RLConfig, rows: int) -> bool:
     """One epoch, one mini-batch, no micro-batches: the update's forward is on the rollout's own weights."""
-    return cfg["epochs"] == 1 and cfg["mini_batches"] == 1 and (cfg["micro_batch_size"] or rows) >= rows
+    return cfg.epochs == 1 and cfg.mini_batches == 1 and (cfg.micro_batch_size or rows) >= rows
 
 
-def policy_pass(engine, value_head, batch, cfg: dict, rows: torch.Tensor | None = None):
+def policy_pass(engine, value_head, batch, cfg: RLConfig, rows: torch.Tensor | None = None):
     """log pi and V of `rows` of the rollout (all of it by default), with gradients."""
     engine.model.train()
     prompts, completions = ((batch.prompts, batch.completion_ids) if rows is None
                             else (batch.prompts.select(rows), batch.completion_ids[rows]))
-    return forward_completion(engine.model, prompts, completions, cfg["temperature"], value_head)
+    return forward_completion(engine.model, prompts, completions, cfg.temperature, value_head)
 
 
-def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict, on_policy_pass=None
+def update(engine, value_head, method: Method, batch, adv, extra, cfg: RLConfig, on_policy_pass=None
            ) -> tuple[list[float], list[dict]]:
     """rl.epochs passes over the rollout in rl.mini_batches shuffled mini-batches, one optimizer step each.
 
@@ -228,11 +229,11 @@ def update(engine, value_head, method: Method, batch, adv, extra, cfg: dict, on_
     """
     engine.model.train()
     losses, extras = [], []
-    for _epoch in range(cfg["epochs"]):
-        for idx in _mini_batches(len(batch), method.samples_per_prompt, cfg["mini_batches"],
+    for _epoch in range(cfg.epochs):
+        for idx in _mini_batches(len(batch), method.samples_per_prompt, cfg.mini_batches,
                                  shuffle=on_policy_pass is None):
             loss_sum, stats = 0.0, {}
-            micros = idx.split(cfg["micro_batch_size"] or len(idx))
+            micros = idx.split(cfg.micro_batch_size or len(idx))
             for i, micro in enumerate(micros):
                 logp, values = on_policy_pass or policy_pass(engine, value_head, batch, cfg, micro)
                 loss, loss_stats = method.loss(logp * batch.mask[micro], batch, micro, adv, extra, values)
@@ -268,12 +269,12 @@ def _mean_of(rows: list[dict], key: str):
     return sum(values) / len(values) if values else ""
 
 
-def check_world_size(cfg: dict, prompts_per_step: int, world_size: int) -> None:
+def check_world_size(cfg: RLConfig, prompts_per_step: int, world_size: int) -> None:
     """The one batch-shape rule that validation cannot check before launch: each process takes whole prompt
     groups, and its share must split into rl.mini_batches."""
-    if prompts_per_step % world_size or (prompts_per_step // world_size) % cfg["mini_batches"]:
+    if prompts_per_step % world_size or (prompts_per_step // world_size) % cfg.mini_batches:
         raise ValueError(f"rl.rollout_batch_size: {prompts_per_step} prompt group(s) per rollout do not split into "
-                         f"{world_size} process(es) x rl.mini_batches = {cfg['mini_batches']}; make "
+                         f"{world_size} process(es) x rl.mini_batches = {cfg.mini_batches}; make "
                          "rollout_batch_size / k a multiple of world size x mini_batches")
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from sumrl.config import RLConfig
 from sumrl.rl.prefix import PromptGroups
 
 
@@ -47,7 +48,7 @@ class Method:
     samples_per_prompt: int = 1
     needs_values: bool = False
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RLConfig):
         self.cfg = cfg
 
     def advantages(self, batch: Rollout) -> tuple[torch.Tensor, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sumrl.config import RLConfig
 from sumrl.rl.method import Method
 from sumrl.rl.ppo import PPO
 from sumrl.rl.reinforce import Reinforce
@@ -10,7 +11,7 @@ from sumrl.rl.rloo import RLOO
 METHODS: dict[str, type[Method]] = {"reinforce": Reinforce, "rloo": RLOO, "ppo": PPO}
 
 
-def build_method(name: str, rl_params: dict) -> Method:
+def build_method(name: str, cfg: RLConfig) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown RL method '{name}'; choose from {sorted(METHODS)}")
-    return METHODS[name](rl_params)
+    return METHODS[name](cfg)

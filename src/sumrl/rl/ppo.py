@@ -12,10 +12,10 @@ class PPO(Method):
     needs_values = True
 
     def advantages(self, batch: Rollout):
-        ppo = self.cfg["ppo"]
+        ppo = self.cfg.ppo
         rewards = F.per_token_rewards(batch.scores, batch.logp, batch.ref_logp, batch.mask, batch.kl_coef)
-        adv, returns = F.gae(rewards, batch.values, batch.mask, ppo["gamma"], ppo["lam"])
-        if self.cfg["variance_regularized"]:
+        adv, returns = F.gae(rewards, batch.values, batch.mask, ppo.gamma, ppo.lam)
+        if self.cfg.variance_regularized:
             adv = F.variance_regularize(adv, batch.sigma.unsqueeze(1))
         explained = F.explained_variance(batch.values, returns, batch.mask).item()
         return F.masked_whiten(adv, batch.mask), {"returns": returns, "explained_variance": explained}
@@ -25,8 +25,8 @@ class PPO(Method):
         return (batch.mask[micro].sum() / batch.mask[idx].sum()).item()
 
     def loss(self, logp, batch, idx, adv, extra, values=None):
-        ppo = self.cfg["ppo"]
+        ppo = self.cfg.ppo
         mask = batch.mask[idx]
-        pg_loss, clip_frac = F.clipped_pg_loss(logp, batch.logp[idx], mask, adv[idx], ppo["clip_range"])
-        vf_loss = F.clipped_value_loss(values, batch.values[idx], extra["returns"][idx], mask, ppo["value_clip"])
-        return pg_loss + ppo["vf_coef"] * vf_loss, {"clip_frac": clip_frac.item(), "value_loss": vf_loss.item()}
+        pg_loss, clip_frac = F.clipped_pg_loss(logp, batch.logp[idx], mask, adv[idx], ppo.clip_range)
+        vf_loss = F.clipped_value_loss(values, batch.values[idx], extra["returns"][idx], mask, ppo.value_clip)
+        return pg_loss + ppo.vf_coef * vf_loss, {"clip_frac": clip_frac.item(), "value_loss": vf_loss.item()}

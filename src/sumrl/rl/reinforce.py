@@ -6,6 +6,7 @@ completion and b a moving average of past batches' mean R.
 
 from __future__ import annotations
 
+from sumrl.config import RLConfig
 from sumrl.rl import advantages as F
 from sumrl.rl.method import Method, Rollout
 
@@ -13,7 +14,7 @@ from sumrl.rl.method import Method, Rollout
 class Reinforce(Method):
     name = "reinforce"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RLConfig):
         super().__init__(cfg)
         self.baseline: float | None = None
 
@@ -23,8 +24,8 @@ class Reinforce(Method):
         if self.baseline is None:  # the first batch has no past: its own mean is the only baseline there is
             self.baseline = returns.mean().item()
         adv = returns - self.baseline
-        self.baseline = F.moving_average(self.baseline, returns.mean().item(), self.cfg["reinforce"]["baseline_decay"])
-        if self.cfg["variance_regularized"]:
+        self.baseline = F.moving_average(self.baseline, returns.mean().item(), self.cfg.reinforce.baseline_decay)
+        if self.cfg.variance_regularized:
             adv = F.variance_regularize(adv, batch.sigma)
         return adv, {"returns": returns, "baseline": self.baseline}
 

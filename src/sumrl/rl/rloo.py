@@ -3,6 +3,7 @@ mean return of the other k-1. The baseline needs no memory and no value model.""
 
 from __future__ import annotations
 
+from sumrl.config import RLConfig
 from sumrl.rl import advantages as F
 from sumrl.rl.method import Method, Rollout
 
@@ -10,15 +11,15 @@ from sumrl.rl.method import Method, Rollout
 class RLOO(Method):
     name = "rloo"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: RLConfig):
         super().__init__(cfg)
-        self.samples_per_prompt = cfg["rloo"]["k"]
+        self.samples_per_prompt = cfg.rloo.k
 
     def advantages(self, batch: Rollout):
         returns = F.kl_shaped_return(batch.scores, F.sequence_kl(batch.logp, batch.ref_logp, batch.mask),
                                      batch.kl_coef)
         adv = returns - F.leave_one_out_baseline(returns, self.samples_per_prompt)
-        if self.cfg["variance_regularized"]:
+        if self.cfg.variance_regularized:
             adv = F.variance_regularize(adv, batch.sigma)
         return adv, {"returns": returns}
 

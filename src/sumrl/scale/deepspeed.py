@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+from sumrl.config import RLConfig
 from sumrl.params import ParamsError
 
 LAUNCH_DIR = Path("workflow") / "launch"
@@ -73,7 +74,7 @@ def trainer_kwargs(params: dict) -> dict:
     return {} if config is None else {"deepspeed": config}
 
 
-def rl_deepspeed_config(params: dict, model) -> dict | None:
+def rl_deepspeed_config(params: dict, rl: RLConfig, model) -> dict | None:
     """The ZeRO config for the RL stage's own engine, its "auto" values filled as the HF Trainer fills them
     for SFT and reward (the RL loop has no Trainer): batch sizes from rl.*, clipping from rl.max_grad_norm,
     bf16 from the trained weights' dtype, bucket sizes from the hidden size. None when DeepSpeed is off."""
@@ -82,17 +83,16 @@ def rl_deepspeed_config(params: dict, model) -> dict | None:
     config = load_deepspeed_config(params)
     if config is None:
         return None
-    rl = params["rl"]
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    mini_batch = rl["rollout_batch_size"] // world // rl["mini_batches"]
-    micro = min(rl["micro_batch_size"] or mini_batch, mini_batch)
+    mini_batch = rl.rollout_batch_size // world // rl.mini_batches
+    micro = min(rl.micro_batch_size or mini_batch, mini_batch)
     accumulation = -(-mini_batch // micro)
     hidden = model.config.hidden_size
     auto = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": accumulation,
         "train_batch_size": micro * accumulation * world,
-        "gradient_clipping": rl["max_grad_norm"],
+        "gradient_clipping": rl.max_grad_norm,
         # What trains decides: peft keeps a LoRA adapter in fp32 on a bf16 base, and DeepSpeed's bf16 mode would
         # cast it to bf16 (with fp32 master weights), training other numbers than the one-process path.
         "bf16.enabled": any(p.requires_grad and p.dtype == torch.bfloat16 for p in model.parameters()),
@@ -101,7 +101,7 @@ def rl_deepspeed_config(params: dict, model) -> dict | None:
         "zero_optimization.stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
         "zero_optimization.stage3_param_persistence_threshold": 10 * hidden,
         # The offload configs name DeepSpeed's own (CPU) AdamW: the same settings as torch's in rl/engine.py.
-        "optimizer.params.lr": rl["learning_rate"],
+        "optimizer.params.lr": rl.learning_rate,
         "optimizer.params.betas": [0.9, 0.999],
         "optimizer.params.eps": 1e-6,
         "optimizer.params.weight_decay": 0.01,

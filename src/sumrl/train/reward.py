@@ -19,6 +19,7 @@ from trl import RewardConfig, RewardTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
+from sumrl.config import LoraSettings, from_mapping
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits
@@ -85,7 +86,7 @@ def run(params: dict, args) -> None:
         args=config,
         train_dataset=preference_dataset(train_rows, session.fmt),
         processing_class=session.tokenizer,
-        peft_config=lora_config(cfg["lora"], "SEQ_CLS"),
+        peft_config=lora_config(from_mapping(LoraSettings, cfg["lora"]), "SEQ_CLS"),
         callbacks=[curve_callback(session, {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
                                             "learning_rate": "learning_rate"})],
     )

@@ -13,6 +13,7 @@ from trl import SFTConfig, SFTTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
+from sumrl.config import LoraSettings, from_mapping
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_policy, lora_config
 from sumrl.train.common import curve_callback, max_length, start_session, train_and_write, trainer_args
@@ -38,7 +39,7 @@ def run(params: dict, args) -> None:
         args=config,
         train_dataset=train_set,
         processing_class=session.tokenizer,
-        peft_config=lora_config(cfg["lora"], "CAUSAL_LM"),
+        peft_config=lora_config(from_mapping(LoraSettings, cfg["lora"]), "CAUSAL_LM"),
         callbacks=[curve_callback(session, {"loss": "loss", "learning_rate": "learning_rate",
                                             "grad_norm": "grad_norm", "mean_token_accuracy": "token_accuracy"})],
     )
