@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from sumrl import stages
 from sumrl.params import ParamsError, check_environment, load_params
 
 log = logging.getLogger("sumrl")
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     stage("reward-eval", "score the reward model on its validation pairs and on reward.eval_pairs (accuracy, "
                          "shorter-side preference, length-balanced accuracy)")
     p = stage("rl", "RL fine-tuning of the SFT policy against the reward model")
-    p.add_argument("--method", required=True, choices=["reinforce", "rloo", "ppo"])
+    p.add_argument("--method", required=True, choices=stages.RL_METHODS)
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--restart", action="store_true", help="ignore checkpoints and start clean")
     p = stage("generate", "batched generation on the test split for one policy")

@@ -50,12 +50,20 @@ class KLControlConfig:
 
 @dataclass(frozen=True)
 class ReinforceConfig:
+    baseline: str        # ema | running_mean
     baseline_decay: float
 
 
 @dataclass(frozen=True)
 class RLOOConfig:
     k: int
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    k: int
+    kl: str              # reward | loss
+    scale_rewards: str   # group | none
 
 
 @dataclass(frozen=True)
@@ -90,9 +98,11 @@ class RLConfig:
     total_episodes: int
     max_grad_norm: float
     checkpoint_every: int
+    clip_range: float
     reinforce: ReinforceConfig
     rloo: RLOOConfig
     ppo: PPOConfig
+    grpo: GRPOConfig
 
     @classmethod
     def from_params(cls, params: typing.Mapping[str, Any]) -> RLConfig:

@@ -198,14 +198,15 @@ def _rl_shape_problems(rl: dict, reward_kind: str) -> list[str]:
     if rl["variance_regularized"] and reward_kind != "probabilistic":
         problems.append("rl.variance_regularized: needs reward.kind 'probabilistic' (sigma comes from it)")
     size = rl["rollout_batch_size"]
-    if "rloo" in rl["methods"] and size % rl["rloo"]["k"]:
-        problems.append(f"rl.rollout_batch_size: {size} completions do not split into groups of rl.rloo.k = "
-                        f"{rl['rloo']['k']}")
-        return problems
+    for method in ("rloo", "grpo"):
+        if method in rl["methods"] and size % rl[method]["k"]:
+            problems.append(f"rl.rollout_batch_size: {size} completions do not split into groups of rl.{method}.k = "
+                            f"{rl[method]['k']}")
+            return problems
     if rl["total_episodes"] < size:
         problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
     for method in rl["methods"]:
-        k = rl["rloo"]["k"] if method == "rloo" else 1
+        k = rl[method]["k"] if method in ("rloo", "grpo") else 1
         if (size // k) % rl["mini_batches"]:
             problems.append(f"rl.mini_batches: {size // k} groups of {k} completion(s) per rollout ({method}) do not "
                             f"split into {rl['mini_batches']} equal mini-batches")

@@ -39,7 +39,7 @@ REWARD_EVAL = "reports/reward_eval.json"
 CURVES = "reports/curves"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
-RL_METHODS = ("reinforce", "rloo", "ppo")
+RL_METHODS = ("reinforce", "rloo", "ppo", "grpo")
 
 
 def rl_policy(method: str, seed: int) -> str:

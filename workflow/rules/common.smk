@@ -118,7 +118,7 @@ JUDGE_GPU = GPU if JUDGE["enabled"] and JUDGE["backend"] == "hf" else 0
 
 
 wildcard_constraints:
-    method="reinforce|rloo|ppo",
+    method="|".join(stages.RL_METHODS),
     seed=r"\d+",
     policy="base|sft",
     stage="sft|reward",

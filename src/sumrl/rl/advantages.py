@@ -61,6 +61,23 @@ def moving_average(baseline: float | None, batch_mean: float, decay: float) -> f
     return decay * baseline + (1 - decay) * batch_mean
 
 
+def running_mean(baseline: float | None, count: int, batch: torch.Tensor) -> tuple[float, int]:
+    """b <- the mean of every return seen so far (count of them); the paper's "moving average" read literally."""
+    total = (baseline or 0.0) * count + batch.sum().item()
+    count += batch.numel()
+    return total / count, count
+
+
+def group_advantages(returns: torch.Tensor, k: int, scale: bool, eps: float = 1e-4) -> torch.Tensor:
+    """GRPO (Shao et al. 2024): (r - mean of its group of k) / (std of the group + eps); scale=False drops the
+    division (Dr. GRPO, Liu et al. 2025). `returns` is prompt-major [P*k]; std is the unbiased sample std."""
+    grouped = returns.view(-1, k)
+    adv = grouped - grouped.mean(1, keepdim=True)
+    if scale:
+        adv = adv / (grouped.std(1, keepdim=True) + eps)
+    return adv.reshape(-1)
+
+
 def leave_one_out_baseline(returns: torch.Tensor, k: int) -> torch.Tensor:
     """RLOO: b_i = mean of the other k-1 returns of the same prompt. `returns` is prompt-major [P*k]."""
     grouped = returns.view(-1, k)
@@ -110,15 +127,36 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 # --- Losses ---------------------------------------------------------------------------------------
 
-def sequence_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
-                     ) -> torch.Tensor:
-    """-A_i * sum_t ratio_t over the completion, averaged over completions.
+def clipped_sequence_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor,
+                             advantages: torch.Tensor, clip_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """REINFORCE on the whole completion with PPO's trust region per token: -sum_t min(A r_t, A clip(r_t, 1 +- eps))
+    averaged over completions, with r_t = pi/pi_old; also the fraction of clipped tokens.
 
-    ratio_t = pi/pi_old per token is exactly 1 on-policy, so the gradient is A_i * grad log pi(y_i|x_i):
-    REINFORCE on the whole completion. Later mini-batches of the same rollout are importance-weighted.
+    On-policy r_t = 1 and nothing is clipped, so the gradient is A_i * grad log pi(y_i|x_i); later mini-batches
+    and epochs of the same rollout are importance-weighted, and held near pi_old by the clip.
     """
     ratio = torch.exp(logp - old_logp)
-    return -(masked_sum(ratio, mask, dim=1) * advantages).mean()
+    adv = advantages.unsqueeze(1)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = masked_sum(torch.maximum(unclipped, clipped), mask, dim=1).mean()
+    return loss, masked_mean((clipped > unclipped).float(), mask)
+
+
+def token_mean_clipped_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor,
+                            mask: torch.Tensor, advantages: torch.Tensor, clip_range: float,
+                            kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRPO's objective: per completion, the token mean of max(-A r_t, -A clip(r_t)) + beta * k3(pi, pi_ref)_t,
+    then the mean over completions (kl_coef 0: KL is in the reward instead). Also the clipped fraction."""
+    ratio = torch.exp(logp - old_logp)
+    adv = advantages.unsqueeze(1)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1 - clip_range, 1 + clip_range)
+    per_token = torch.maximum(unclipped, clipped)
+    if kl_coef:
+        per_token = per_token + kl_coef * kl_k3(logp, ref_logp)
+    loss = masked_mean(per_token, mask, dim=1).mean()
+    return loss, masked_mean((clipped > unclipped).float(), mask)
 
 
 def clipped_pg_loss(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,

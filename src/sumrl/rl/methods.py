@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from sumrl.config import RLConfig
+from sumrl.rl.grpo import GRPO
 from sumrl.rl.method import Method
 from sumrl.rl.ppo import PPO
 from sumrl.rl.reinforce import Reinforce
 from sumrl.rl.rloo import RLOO
 
-METHODS: dict[str, type[Method]] = {"reinforce": Reinforce, "rloo": RLOO, "ppo": PPO}
+METHODS: dict[str, type[Method]] = {"reinforce": Reinforce, "rloo": RLOO, "ppo": PPO, "grpo": GRPO}
 
 
 def build_method(name: str, cfg: RLConfig) -> Method:

@@ -1,5 +1,6 @@
 """REINFORCE Leave-One-Out (Ahmadian et al. 2024): k completions per prompt, each baselined by the
-mean return of the other k-1. The baseline needs no memory and no value model."""
+mean return of the other k-1. The baseline needs no memory and no value model. A reused rollout (epochs > 1,
+or a later mini-batch) is held to rl.clip_range, as trl's RLOOTrainer does."""
 
 from __future__ import annotations
 
@@ -24,4 +25,6 @@ class RLOO(Method):
         return adv, {"returns": returns}
 
     def loss(self, logp, batch, idx, adv, extra, values=None):
-        return F.sequence_pg_loss(logp, batch.logp[idx], batch.mask[idx], adv[idx]), {}
+        loss, clip_frac = F.clipped_sequence_pg_loss(logp, batch.logp[idx], batch.mask[idx], adv[idx],
+                                                     self.cfg.clip_range)
+        return loss, {"clip_frac": clip_frac.item()}
