@@ -185,9 +185,10 @@ def test_resume_fingerprints_hash_the_stage_table_keys():
 
 
 def test_one_list_of_rl_methods():
-    """The stage table (lowest layer), the schema and the method registry (rl/methods.py) name the same methods."""
+    """The stage table (lowest layer), the schema and the method registry (rl/methods.py, the online methods; dpo
+    is offline, train/dpo.py) name the same methods."""
     from sumrl.params import load_schema
     from sumrl.rl.methods import METHODS
 
     enum = load_schema()["properties"]["rl"]["properties"]["methods"]["items"]["enum"]
-    assert tuple(METHODS) == stages.RL_METHODS == tuple(enum)
+    assert (*METHODS, "dpo") == stages.RL_METHODS == tuple(enum)

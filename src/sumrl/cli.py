@@ -157,6 +157,8 @@ def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
         from sumrl.evaluate.reward_eval import run
     elif command == "consolidate":
         from sumrl.scale.consolidate import run
+    elif command == "rl" and args.method == "dpo":
+        from sumrl.train.dpo import run
     elif command == "rl":
         from sumrl.rl.loop import run
     elif command == "generate":

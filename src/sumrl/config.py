@@ -67,6 +67,16 @@ class GRPOConfig:
 
 
 @dataclass(frozen=True)
+class DPOConfig:
+    beta: float
+    loss_type: str       # trl's name: sigmoid (DPO), ipo, hinge, robust, ...
+    learning_rate: float
+    epochs: float
+    batch_size: int
+    checkpoint_every: int
+
+
+@dataclass(frozen=True)
 class PPOConfig:
     gamma: float
     lam: float
@@ -103,6 +113,7 @@ class RLConfig:
     rloo: RLOOConfig
     ppo: PPOConfig
     grpo: GRPOConfig
+    dpo: DPOConfig
 
     @classmethod
     def from_params(cls, params: typing.Mapping[str, Any]) -> RLConfig:

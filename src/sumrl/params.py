@@ -205,7 +205,7 @@ def _rl_shape_problems(rl: dict, reward_kind: str) -> list[str]:
             return problems
     if rl["total_episodes"] < size:
         problems.append("rl.total_episodes: smaller than one rollout (rl.rollout_batch_size)")
-    for method in rl["methods"]:
+    for method in (m for m in rl["methods"] if m != "dpo"):  # dpo samples nothing: no rollout to split
         k = rl[method]["k"] if method in ("rloo", "grpo") else 1
         if (size // k) % rl["mini_batches"]:
             problems.append(f"rl.mini_batches: {size // k} groups of {k} completion(s) per rollout ({method}) do not "

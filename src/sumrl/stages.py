@@ -39,7 +39,7 @@ REWARD_EVAL = "reports/reward_eval.json"
 CURVES = "reports/curves"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
-RL_METHODS = ("reinforce", "rloo", "ppo", "grpo")
+RL_METHODS = ("reinforce", "rloo", "ppo", "grpo", "dpo")
 
 
 def rl_policy(method: str, seed: int) -> str:
@@ -188,7 +188,9 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "rl",
         "sumrl rl --method {method} --seed {seed}",
-        deps=(f"{CODE}/rl", *SCALE_CODE, *SHARED_CODE, PREPARED, SFT, REWARD),
+        # dpo (train/dpo.py, trl's DPOTrainer) trains on the pairs instead of sampling against the reward model;
+        # one dep list for every method of the matrix, so the others list its code and the pairs too.
+        deps=(f"{CODE}/rl", f"{CODE}/train/dpo.py", *TRAIN_CODE, *SHARED_CODE, PREPARED, PAIRS, SFT, REWARD),
         outs=(RL_RUN,),
         # The shared RL keys and this method's own section: another method's knob, a new seed or the methods
         # list leave this run (and its resumable checkpoint) alone.

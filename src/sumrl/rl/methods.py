@@ -13,6 +13,7 @@ METHODS: dict[str, type[Method]] = {"reinforce": Reinforce, "rloo": RLOO, "ppo":
 
 
 def build_method(name: str, cfg: RLConfig) -> Method:
+    """The online method `name` (dpo is offline: `sumrl rl --method dpo` runs train/dpo.py instead)."""
     if name not in METHODS:
         raise ValueError(f"unknown RL method '{name}'; choose from {sorted(METHODS)}")
     return METHODS[name](cfg)

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -98,16 +99,17 @@ def run_trainer(trainer, params: dict, resume_from: str | None) -> None:
         trainer.train(resume_from_checkpoint=resume_from)
 
 
-def checkpoint_dir(stage: str, params: dict, restart: bool) -> tuple[Path, str | None]:
+def checkpoint_dir(name: str, params: dict, restart: bool, stage: str | None = None,
+                   **fields) -> tuple[Path, str | None]:
     """checkpoints/<stage>: the trainer's output_dir, kept across a kill so the stage resumes.
 
     A checkpoint is reused only by a run with the same result params (the stage table's keys, the ones DVC
     and Snakemake rerun the stage for); `--restart` wipes it.
     """
-    path = Path("checkpoints") / stage
-    fingerprint = hashlib.sha256(
-        json.dumps(stages.result_params(stage, params), sort_keys=True).encode()
-    ).hexdigest()[:16]
+    path = Path("checkpoints") / name
+    keys = stages.result_params(stage or name, params, **fields)
+    fingerprint = hashlib.sha256(json.dumps({"params": keys, "seed": params["seed"]}, sort_keys=True).encode()
+                                 ).hexdigest()[:16]
     marker = path / "fingerprint.txt"
     if restart or not marker.is_file() or marker.read_text() != fingerprint:
         if path.exists():
@@ -118,14 +120,15 @@ def checkpoint_dir(stage: str, params: dict, restart: bool) -> tuple[Path, str |
         return path, None
     last = get_last_checkpoint(str(path))
     if last:
-        log.info("resuming %s from %s", stage, last)
+        log.info("resuming %s from %s", name, last)
     return path, last
 
 
 @dataclass
 class Session:
     """What a trl training stage has once it is set up: where it runs, how it tokenizes and prompts, where it
-    checkpoints, and the checkpoint it resumes from (None: a fresh start)."""
+    checkpoints, and the checkpoint it resumes from (None: a fresh start). `name` names the curve
+    (reports/curves/<name>.csv) and the checkpoint folder (checkpoints/<name>)."""
 
     name: str
     device: object
@@ -135,9 +138,12 @@ class Session:
     resume_from: str | None
 
 
-def start_session(name: str, params: dict, base: str, restart: bool) -> Session:
-    """The common start of `sumrl sft` and `sumrl reward`: relaunch under accelerate if asked, seed, threads
-    and device, the base's tokenizer (right padding, as trl trains), and the resumable checkpoint folder."""
+def start_session(name: str, params: dict, base: str, restart: bool, table_stage: str | None = None,
+                  **fields) -> Session:
+    """The common start of `sumrl sft`, `sumrl reward` and `sumrl rl --method dpo`: relaunch under accelerate if
+    asked, seed, threads and device, the base's tokenizer (right padding, as trl trains), and the resumable
+    checkpoint folder, whose fingerprint is the result params of `table_stage` (default: `name`) filled with
+    `fields` (method=...)."""
     from sumrl.scale.deepspeed import prepare_distributed_env
     from sumrl.scale.launch import maybe_relaunch
 
@@ -145,7 +151,7 @@ def start_session(name: str, params: dict, base: str, restart: bool) -> Session:
     prepare_distributed_env(params)
     device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
     tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
-    work_dir, resume_from = checkpoint_dir(name, params, restart)
+    work_dir, resume_from = checkpoint_dir(name, params, restart, table_stage or name, **fields)
     return Session(name, device, tokenizer, PromptFormat.from_params(tokenizer, params), work_dir, resume_from)
 
 
@@ -157,6 +163,12 @@ def max_length(params: dict) -> int:
 def curve_callback(session: Session, columns: dict[str, str]) -> CurveCallback:
     """reports/curves/<stage>.csv, fed from the trainer's logs (trainer key -> CSV column)."""
     return CurveCallback(Path(stages.CURVES) / f"{session.name}.csv", columns, session.resume_from)
+
+
+def preference_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
+    """Preference pairs as trl's RewardTrainer and DPOTrainer read them: prompt, chosen and rejected completions."""
+    return Dataset.from_list([{"prompt": fmt.prompt(r["document"]), "chosen": fmt.completion(r["chosen"]),
+                               "rejected": fmt.completion(r["rejected"])} for r in rows])
 
 
 def train_and_write(trainer, params: dict, session: Session, run_dir: str, info: dict) -> None:

@@ -13,17 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from datasets import Dataset
 from transformers import AutoModelForSequenceClassification
 from trl import RewardConfig, RewardTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
 from sumrl.config import LoraSettings, from_mapping
-from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits
-from sumrl.train.common import curve_callback, max_length, start_session, train_and_write, trainer_args
+from sumrl.train.common import (
+    curve_callback,
+    max_length,
+    preference_dataset,
+    start_session,
+    train_and_write,
+    trainer_args,
+)
 
 
 class ProbabilisticRewardTrainer(RewardTrainer):
@@ -51,11 +56,6 @@ class ProbabilisticRewardTrainer(RewardTrainer):
             self._metrics[mode]["accuracy"].append((r_c > r_r).float().mean().item())
             self._metrics[mode]["margin"].append((r_c - r_r).mean().item())
         return (loss, outputs) if return_outputs else loss
-
-
-def preference_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
-    return Dataset.from_list([{"prompt": fmt.prompt(r["document"]), "chosen": fmt.completion(r["chosen"]),
-                               "rejected": fmt.completion(r["rejected"])} for r in rows])
 
 
 def reward_base(params: dict) -> str:
