@@ -72,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     stage("report", "reports/report.md, metrics.json and plots comparing all policies")
     p = sub.add_parser("params", help="the params reference (every key: accepts, default, purpose, what it reruns)")
     p.add_argument("--write", metavar="FILE", help="replace FILE's params reference section (README.md) instead")
+    p = sub.add_parser("push", help="upload a consolidated policy and its model card to the Hugging Face hub "
+                                    "(token from $HF_TOKEN)")
+    p.add_argument("--policy", required=True, help="base, sft or <method>_s<seed>")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME on the hub")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--dry-run", action="store_true", help="list what would be sent; send nothing")
     p = sub.add_parser("stages", help="print the stage table, or write dvc.yaml from it")
     p.add_argument("--write-dvc", action="store_true", help="(re)write dvc.yaml")
     return parser
@@ -88,6 +94,17 @@ def _params_reference(args) -> int:
     return 0
 
 
+def _push(args) -> int:
+    from sumrl.push import PushError, push
+
+    try:
+        print(push(args.policy, args.repo_id, private=args.private, dry_run=args.dry_run))
+    except (PushError, ValueError) as exc:
+        print(f"sumrl push: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = build_parser().parse_args(argv)
@@ -95,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return _stages(args)
     if args.command == "params":
         return _params_reference(args)
+    if args.command == "push":
+        return _push(args)
     try:
         params = load_params(args.params, args.preset, args.overrides)
         if args.command in ("validate", "judge"):  # the environment matters only where it is used

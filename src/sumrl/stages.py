@@ -265,7 +265,7 @@ STAGES: tuple[Stage, ...] = (
         "sumrl report",
         deps=(f"{CODE}/report", f"{CODE}/evaluate/metrics.py", "reports/eval", "reports/generations", CURVES,
               REWARD_EVAL, "reports/consolidate", PAIRS, JUDGE),
-        outs=("reports/report.md", "reports/index.html"),
+        outs=("reports/report.md", "reports/index.html", "reports/cards"),
         params=("report", "rl.methods", "rl.seeds"),
         metrics=("reports/metrics.json",),
         plots=("reports/plots",),

@@ -11,6 +11,7 @@ rule report:
         "reports/index.html",
         "reports/metrics.json",
         directory("reports/plots"),
+        directory("reports/cards"),
     log:
         "logs/report.log",
     conda:

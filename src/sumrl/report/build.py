@@ -12,6 +12,7 @@ from pathlib import Path
 from sumrl.artifacts import atomic_path, write_json
 from sumrl.evaluate import length_control as lc
 from sumrl.report import plots
+from sumrl.report.cards import CARDS, write_cards
 from sumrl.report.document import Block, Heading, Image, Paragraph, Quote, Table, to_html, to_markdown
 from sumrl.report.inputs import (
     PAIRS_CARD,
@@ -322,5 +323,8 @@ def run(params: dict, args=None) -> None:
     blocks = build_document(inputs, summary, fit, spread, figures, params["report"]["samples"])
     write_text(REPORT_MD, to_markdown(blocks))
     write_text(INDEX_HTML, to_html(blocks, REPORTS, TITLE))
-    write_json(METRICS, metrics_json(summary, spread, inputs, fit))
-    log.info("wrote %s, %s, %s and %s/", REPORT_MD, INDEX_HTML, METRICS, PLOTS)
+    metrics = metrics_json(summary, spread, inputs, fit)
+    write_json(METRICS, metrics)
+    with atomic_path(CARDS, is_dir=True) as folder:
+        write_cards(metrics, params, inputs, folder)
+    log.info("wrote %s, %s, %s, %s/ and %s/", REPORT_MD, INDEX_HTML, METRICS, PLOTS, CARDS)
