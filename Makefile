@@ -49,4 +49,4 @@ dag: setup
 	$(BIN)/snakemake --dag | dot -Tsvg > reports/dag.svg
 
 clean:
-	rm -rf data/prepared data/pairs models reports/*.json reports/*.md reports/generations reports/eval reports/curves .snakemake
+	rm -rf data/prepared data/pairs models reports/*.json reports/*.md reports/generations reports/eval reports/curves reports/cards dvclive .snakemake

@@ -96,17 +96,48 @@ class CurveLogger:
 
     The header is fixed by the first row; later rows may only use those columns, so a curve file
     never silently changes shape mid-run. A resumed run appends to the file it finds.
+
+    With `live_dir`, every row is mirrored to dvclive (numeric cells, at the row's step), whose metrics.json
+    (the last values) is what `dvc exp show` lists; the CSV stays the one source: a resumed run rebuilds the
+    dvclive folder from the CSV rows it keeps.
     """
 
-    def __init__(self, path: str | os.PathLike, resume: bool = False):
+    def __init__(self, path: str | os.PathLike, resume: bool = False, live_dir: str | os.PathLike | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.columns: list[str] | None = None
+        self.live_dir = None if live_dir is None else Path(live_dir)
+        self.live = None
         if resume and self.path.is_file() and self.path.stat().st_size:
             with open(self.path, newline="") as fh:
                 self.columns = next(csv.reader(fh))
         elif self.path.exists():
             self.path.unlink()
+        self._restart_live()
+
+    def _restart_live(self) -> None:
+        """A fresh dvclive folder holding the rows the CSV has now."""
+        if self.live_dir is None:
+            return
+        from dvclive import Live
+
+        shutil.rmtree(self.live_dir, ignore_errors=True)
+        # No dvc.yaml edits and no experiment commits from inside a stage: dvc.yaml declares the outputs.
+        self.live = Live(dir=str(self.live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+        if self.columns is not None:
+            with open(self.path, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    self._mirror(row)
+
+    def _mirror(self, row: dict) -> None:
+        if self.live is None:
+            return
+        numbers = {k: _number(v) for k, v in row.items() if k != "step"}
+        self.live.step = int(float(row["step"]))
+        for key, value in numbers.items():
+            if value is not None:
+                self.live.log_metric(key, value)
+        self.live.make_summary()
 
     def log(self, row: dict) -> None:
         if self.columns is None:
@@ -118,6 +149,7 @@ class CurveLogger:
             raise ValueError(f"{self.path}: columns {sorted(extra)} not in header {self.columns}")
         with open(self.path, "a", newline="") as fh:
             csv.writer(fh).writerow([_fmt(row.get(c, "")) for c in self.columns])
+        self._mirror(row)
 
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step` (a resumed run replays them)."""
@@ -131,6 +163,17 @@ class CurveLogger:
         keep = [r for r in body if int(float(r[header.index("step")])) <= step]
         with open(self.path, "w", newline="") as fh:
             csv.writer(fh).writerows([header, *keep])
+        self._restart_live()
+
+
+def _number(value) -> float | None:
+    """A curve cell as a number, or None for an empty or non-numeric cell (a method's column it leaves empty)."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _fmt(value) -> str:

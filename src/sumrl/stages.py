@@ -37,6 +37,10 @@ EVAL = "reports/eval/{policy}.json"
 JUDGE = "reports/judge.json"
 REWARD_EVAL = "reports/reward_eval.json"
 CURVES = "reports/curves"
+# dvclive's mirror of a training curve (sft, reward, rl_<method>_s<seed>): its metrics.json is what `dvc exp show`
+# lists next to the evaluation metrics
+LIVE = "dvclive/{name}"
+TRAINING_METRICS = LIVE + "/metrics.json"
 
 FIXED_POLICIES = {"base": BASE, "sft": SFT}
 RL_METHODS = ("reinforce", "rloo", "ppo", "grpo", "dpo")
@@ -153,6 +157,7 @@ STAGES: tuple[Stage, ...] = (
         deps=(f"{CODE}/train/sft.py", *TRAIN_CODE, *SHARED_CODE, PREPARED, BASE),
         outs=(SFT_RUN,),
         params=("seed", "sft", "prompt", "data.max_document_tokens", "data.max_summary_tokens", *TRAINING_RUNTIME),
+        metrics=(TRAINING_METRICS.format(name="sft"),),
         plots=(f"{CURVES}/sft.csv",),
     ),
     Stage(
@@ -165,6 +170,7 @@ STAGES: tuple[Stage, ...] = (
                                                   "batch_size", "checkpoint_every")),
                 "prompt", "model.reward_base", "data.max_document_tokens", "data.max_summary_tokens",
                 *TRAINING_RUNTIME),
+        metrics=(TRAINING_METRICS.format(name="reward"),),
         plots=(f"{CURVES}/reward.csv",),
     ),
     Stage(
@@ -195,6 +201,7 @@ STAGES: tuple[Stage, ...] = (
         # The shared RL keys and this method's own section: another method's knob, a new seed or the methods
         # list leave this run (and its resumable checkpoint) alone.
         params=(*RL_SHARED, "rl.{method}", "reward.kind", "prompt", *TRAINING_RUNTIME),
+        metrics=(TRAINING_METRICS.format(name="rl_{method}_s{seed}"),),
         plots=(f"{CURVES}/rl_{{method}}_s{{seed}}.csv",),
         over_rl_runs=True,
     ),

@@ -8,6 +8,7 @@ rule rl:
     output:
         directory("models/rl_run/{method}_s{seed}"),
         "reports/curves/rl_{method}_s{seed}.csv",
+        "dvclive/rl_{method}_s{seed}/metrics.json",
     log:
         "logs/rl/{method}_s{seed}.log",
     conda:

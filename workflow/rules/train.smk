@@ -8,6 +8,7 @@ rule sft:
     output:
         directory("models/sft_run"),
         "reports/curves/sft.csv",
+        "dvclive/sft/metrics.json",
     log:
         "logs/sft.log",
     conda:
@@ -29,6 +30,7 @@ rule reward:
     output:
         directory("models/reward_run"),
         "reports/curves/reward.csv",
+        "dvclive/reward/metrics.json",
     log:
         "logs/reward.log",
     conda:

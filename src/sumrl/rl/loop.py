@@ -55,13 +55,13 @@ def run(params: dict, args) -> None:
     device = runtime.setup(args.seed, params["compute"]["threads"], params["compute"]["device"])
     train(params, args.method, args.seed, out_dir=Path(stages.RL_RUN.format(method=args.method, seed=args.seed)),
           curve_path=Path(stages.CURVES) / f"rl_{name}.csv", ckpt_dir=Path("checkpoints/rl") / name,
-          restart=getattr(args, "restart", False), device=device)
+          restart=getattr(args, "restart", False), device=device, live_dir=stages.LIVE.format(name=f"rl_{name}"))
 
 
 def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: Path, ckpt_dir: Path,
           restart: bool = False, device: torch.device | str = "cpu", sft_dir: str = stages.SFT,
           reward_dir: str = stages.REWARD, prompts_path: str = f"{stages.PREPARED}/rl.jsonl",
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, live_dir: str | None = None) -> dict:
     """Train and write `out_dir`, the run folder that `sumrl consolidate` merges into the SFT weights:
     final/ (the adapter), checkpoint-N/ (the last ZeRO checkpoint, under DeepSpeed) and sumrl_run.json."""
     cfg = RLConfig.from_params(params)
@@ -93,7 +93,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     start = 0 if restart else _resume(ckpt_dir, fingerprint, engine, method, guards)
     if start == 0 and ckpt_dir.exists() and main:
         shutil.rmtree(ckpt_dir)
-    logger = CurveLogger(curve_path, resume=start > 0) if main else None
+    logger = CurveLogger(curve_path, resume=start > 0, live_dir=live_dir) if main else None
     if logger:
         logger.truncate_after(start)
 

@@ -73,8 +73,8 @@ def _cuda() -> bool:
 class CurveCallback(TrainerCallback):
     """Forwards the trainer's per-step logs to a CSV curve that DVC plots read."""
 
-    def __init__(self, path: Path, columns: dict[str, str], resume_from: str | None):
-        self.logger = CurveLogger(path, resume=resume_from is not None)
+    def __init__(self, path: Path, columns: dict[str, str], resume_from: str | None, live_dir: str | None = None):
+        self.logger = CurveLogger(path, resume=resume_from is not None, live_dir=live_dir)
         if resume_from is not None:  # the resumed trainer logs again from the checkpoint's step on
             self.logger.truncate_after(int(Path(resume_from).name.rsplit("-", 1)[-1]))
         self.columns = columns  # trainer log key -> CSV column
@@ -162,7 +162,8 @@ def max_length(params: dict) -> int:
 
 def curve_callback(session: Session, columns: dict[str, str]) -> CurveCallback:
     """reports/curves/<stage>.csv, fed from the trainer's logs (trainer key -> CSV column)."""
-    return CurveCallback(Path(stages.CURVES) / f"{session.name}.csv", columns, session.resume_from)
+    return CurveCallback(Path(stages.CURVES) / f"{session.name}.csv", columns, session.resume_from,
+                         live_dir=stages.LIVE.format(name=session.name))
 
 
 def preference_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
