@@ -68,6 +68,9 @@ def test_snakemake_reruns_only_what_a_change_reaches(tmp_path, fake_sumrl):
     with_change(tmp_path)
     done = run([SNAKEMAKE, "--cores", "1"], cwd=tmp_path, timeout=600, PATH=fake_sumrl)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Snakemake's own report from the outputs marked report() (figures, curves, the report itself)
+    made = run([SNAKEMAKE, "--report", "report.zip"], cwd=tmp_path, timeout=300, PATH=fake_sumrl)
+    assert made.returncode == 0 and (tmp_path / "report.zip").stat().st_size > 0, made.stdout[-2000:] + made.stderr
     for change in CHANGES:
         with_change(tmp_path, change)
         planned = snakemake_plan(tmp_path, forceall=False)
@@ -86,6 +89,13 @@ def test_dvc_reruns_only_what_a_change_reaches(tmp_path, fake_sumrl):
     with_change(tmp_path)
     assert run([DVC, "init", "--no-scm", "-q"], cwd=tmp_path).returncode == 0
     assert len(dvc_reruns(tmp_path, fake_sumrl)) == len(expand(read_yaml(ROOT / "params.yaml")))
+    # dvc.yaml's top-level plots: `dvc plots show` needs no flags
+    shown = run([DVC, "plots", "show", "--json"], cwd=tmp_path, PATH=fake_sumrl)
+    assert shown.returncode == 0, shown.stderr
+    drawn = json.loads(shown.stdout)
+    assert {"reports/plots/reward_vs_kl.png", "SFT training loss", "Reward model training accuracy"} <= set(
+        drawn["data"]), sorted(drawn["data"])
+    assert not drawn.get("errors"), drawn.get("errors")
     for done, change in enumerate(CHANGES):  # each change over the last: DVC has rerun what the last one reached
         with_change(tmp_path, *list(CHANGES)[: done + 1])
         status = run([DVC, "status", "--json"], cwd=tmp_path, PATH=fake_sumrl)

@@ -348,6 +348,16 @@ def _dvc_template(text: str) -> str:
     )
 
 
+# What `dvc plots show` (and `dvc plots diff A B`) draws with no flags: the report's figures, and the SFT and RM
+# training curves (each RL run's curve is its stage's plot).
+TOP_PLOTS = [
+    "reports/plots/reward_vs_kl.png",
+    "reports/plots/length_hist.png",
+    {"SFT training loss": {"x": "step", "y": {f"{CURVES}/sft.csv": "loss"}}},
+    {"Reward model training accuracy": {"x": "step", "y": {f"{CURVES}/reward.csv": "accuracy"}}},
+]
+
+
 def dvc_yaml() -> str:
     """The text of dvc.yaml: the same commands, deps, outs and params as the Snakemake rules."""
     stages = {}
@@ -377,4 +387,4 @@ def dvc_yaml() -> str:
         # DVC 3: `matrix` sits beside cmd/deps/outs, but a `foreach` body must go under `do`.
         stages[stage.name] = {**wrapper, "do": entry} if wrapper else entry
     header = "# Generated from src/sumrl/stages.py by `sumrl stages --write-dvc`; do not edit by hand.\n"
-    return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+    return header + yaml.safe_dump({"stages": stages, "plots": TOP_PLOTS}, sort_keys=False, width=120)

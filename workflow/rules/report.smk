@@ -7,10 +7,15 @@ rule report:
     input:
         table_inputs("report"),
     output:
-        "reports/report.md",
+        report("reports/report.md", caption="../report/report.rst", category="Report"),
         "reports/index.html",
         "reports/metrics.json",
-        directory("reports/plots"),
+        report(
+            directory("reports/plots"),
+            patterns=["{name}.png"],
+            caption="../report/plots.rst",
+            category="Figures",
+        ),
         directory("reports/cards"),
     log:
         "logs/report.log",

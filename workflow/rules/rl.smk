@@ -7,7 +7,11 @@ rule rl:
         table_inputs("rl"),
     output:
         directory("models/rl_run/{method}_s{seed}"),
-        "reports/curves/rl_{method}_s{seed}.csv",
+        report(
+            "reports/curves/rl_{method}_s{seed}.csv",
+            caption="../report/curve.rst",
+            category="Training curves",
+        ),
         "dvclive/rl_{method}_s{seed}/metrics.json",
     log:
         "logs/rl/{method}_s{seed}.log",

@@ -7,7 +7,11 @@ rule sft:
         table_inputs("sft"),
     output:
         directory("models/sft_run"),
-        "reports/curves/sft.csv",
+        report(
+            "reports/curves/sft.csv",
+            caption="../report/curve.rst",
+            category="Training curves",
+        ),
         "dvclive/sft/metrics.json",
     log:
         "logs/sft.log",
@@ -29,7 +33,11 @@ rule reward:
         table_inputs("reward"),
     output:
         directory("models/reward_run"),
-        "reports/curves/reward.csv",
+        report(
+            "reports/curves/reward.csv",
+            caption="../report/curve.rst",
+            category="Training curves",
+        ),
         "dvclive/reward/metrics.json",
     log:
         "logs/reward.log",
