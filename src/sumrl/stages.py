@@ -358,6 +358,19 @@ TOP_PLOTS = [
 ]
 
 
+# The DVC model registry (`dvc artifacts get`, DVC Studio): the consolidated models, each a Hugging Face folder.
+ARTIFACTS = {
+    "sft": {"path": SFT, "type": "model", "desc": "the SFT policy (LoRA merged into the base model)",
+            "labels": ["sumrl", "summarization", "sft"]},
+    "reward-model": {"path": REWARD, "type": "model",
+                     "desc": "the reward model (sequence classification; kind in sumrl_reward.json)",
+                     "labels": ["sumrl", "reward-model"]},
+    "rl-policies": {"path": "models/rl", "type": "model",
+                    "desc": "every RL policy, one folder per <method>_s<seed> (merged into the SFT weights)",
+                    "labels": ["sumrl", "summarization", "rlhf"]},
+}
+
+
 def dvc_yaml() -> str:
     """The text of dvc.yaml: the same commands, deps, outs and params as the Snakemake rules."""
     stages = {}
@@ -387,4 +400,5 @@ def dvc_yaml() -> str:
         # DVC 3: `matrix` sits beside cmd/deps/outs, but a `foreach` body must go under `do`.
         stages[stage.name] = {**wrapper, "do": entry} if wrapper else entry
     header = "# Generated from src/sumrl/stages.py by `sumrl stages --write-dvc`; do not edit by hand.\n"
-    return header + yaml.safe_dump({"stages": stages, "plots": TOP_PLOTS}, sort_keys=False, width=120)
+    return header + yaml.safe_dump({"stages": stages, "plots": TOP_PLOTS, "artifacts": ARTIFACTS}, sort_keys=False,
+                                   width=120)
