@@ -278,3 +278,14 @@ def test_no_judge_section_when_disabled(workspace):
     write_json(stages.JUDGE, {"enabled": False})
     report_run(workspace)
     assert "LLM judge" not in Path("reports/report.md").read_text()
+
+
+def test_where_the_time_went_reads_snakemake_benchmark_files(workspace):
+    report_run(workspace)
+    assert "No Snakemake benchmark files in logs/benchmarks/" in Path("reports/report.md").read_text()
+    Path("logs/benchmarks/generate").mkdir(parents=True)
+    Path("logs/benchmarks/reward.tsv").write_text("s\th:m:s\tmax_rss\n481.0\t0:08:01\t4096\n")
+    Path("logs/benchmarks/generate/sft.tsv").write_text("s\th:m:s\tmax_rss\n65.2\t0:01:05\t2048.5\n")
+    report_run(workspace)
+    rows = markdown_table(Path("reports/report.md").read_text(), "Job")
+    assert rows[0] == ["reward", "8.0", "88%", "4.00"] and rows[1] == ["generate/sft", "1.1", "12%", "2.00"]

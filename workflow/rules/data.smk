@@ -8,6 +8,8 @@ rule base_model:
         directory("models/base"),
     log:
         "logs/base_model.log",
+    benchmark:
+        "logs/benchmarks/base_model.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -27,6 +29,8 @@ rule prepare_data:
         directory("data/prepared"),
     log:
         "logs/prepare_data.log",
+    benchmark:
+        "logs/benchmarks/prepare_data.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -46,6 +50,8 @@ rule pairs:
         directory("data/pairs"),
     log:
         "logs/pairs.log",
+    benchmark:
+        "logs/benchmarks/pairs.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS

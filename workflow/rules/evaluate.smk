@@ -10,6 +10,8 @@ rule generate:
         "reports/generations/{policy}.jsonl",
     log:
         "logs/generate/{policy}.log",
+    benchmark:
+        "logs/benchmarks/generate/{policy}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -30,6 +32,8 @@ rule generate_rl:
         "reports/generations/{method}_s{seed}.jsonl",
     log:
         "logs/generate/{method}_s{seed}.log",
+    benchmark:
+        "logs/benchmarks/generate/{method}_s{seed}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -50,6 +54,8 @@ rule evaluate:
         "reports/eval/{policy}.json",
     log:
         "logs/evaluate/{policy}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{policy}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -70,6 +76,8 @@ rule evaluate_rl:
         "reports/eval/{method}_s{seed}.json",
     log:
         "logs/evaluate/{method}_s{seed}.log",
+    benchmark:
+        "logs/benchmarks/evaluate/{method}_s{seed}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -90,6 +98,8 @@ rule reward_eval:
         "reports/reward_eval.json",
     log:
         "logs/reward_eval.log",
+    benchmark:
+        "logs/benchmarks/reward_eval.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -109,6 +119,8 @@ rule judge:
         "reports/judge.json",
     log:
         "logs/judge.log",
+    benchmark:
+        "logs/benchmarks/judge.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS

@@ -19,6 +19,8 @@ rule report:
         directory("reports/cards"),
     log:
         "logs/report.log",
+    benchmark:
+        "logs/benchmarks/report.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS

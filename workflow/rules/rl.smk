@@ -15,6 +15,8 @@ rule rl:
         "dvclive/rl_{method}_s{seed}/metrics.json",
     log:
         "logs/rl/{method}_s{seed}.log",
+    benchmark:
+        "logs/benchmarks/rl/{method}_s{seed}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -36,6 +38,8 @@ rule consolidate_rl:
         "reports/consolidate/{method}_s{seed}.json",
     log:
         "logs/consolidate/{method}_s{seed}.log",
+    benchmark:
+        "logs/benchmarks/consolidate/{method}_s{seed}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS

@@ -15,6 +15,8 @@ rule sft:
         "dvclive/sft/metrics.json",
     log:
         "logs/sft.log",
+    benchmark:
+        "logs/benchmarks/sft.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -41,6 +43,8 @@ rule reward:
         "dvclive/reward/metrics.json",
     log:
         "logs/reward.log",
+    benchmark:
+        "logs/benchmarks/reward.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS
@@ -62,6 +66,8 @@ rule consolidate:
         "reports/consolidate/{stage}.json",
     log:
         "logs/consolidate/{stage}.log",
+    benchmark:
+        "logs/benchmarks/consolidate/{stage}.tsv"
     conda:
         "../envs/sumrl.yaml"
     threads: THREADS

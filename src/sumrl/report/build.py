@@ -44,6 +44,7 @@ from sumrl.report.tables import (
     seed_spread,
     seed_table,
 )
+from sumrl.report.timing import read_benchmarks, timing_section
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +310,7 @@ def build_document(inputs: Inputs, summary: dict[str, dict], fit: lc.LengthFit, 
         *reward_model_section(inputs),
         *pairs_section(inputs),
         *consolidation_section(inputs),
+        *timing_section(read_benchmarks()),
         *samples_section(inputs, samples),
     ]
 
