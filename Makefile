@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM := false
 # Stage commands (`sumrl ...`) run from the venv, whichever front end calls them.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run run-dvc test test-fast lint dag clean
+.PHONY: setup run run-dvc test test-fast lint dag gpu-assets clean
 
 $(BIN)/sumrl: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: setup  ## ruff (config in pyproject.toml), snakemake --lint, snakefmt --ch
 	$(BIN)/ruff check src tests bench
 	$(BIN)/snakemake --lint
 	$(BIN)/snakefmt --check Snakefile workflow/rules
+
+gpu-assets:  ## the tokenizer bench/gpu.py needs on a GPU machine (carry .cache/gpu-tokenizer; weights stay here)
+	mkdir -p .cache/gpu-tokenizer
+	cp models/base/tokenizer.json models/base/tokenizer_config.json models/base/chat_template.jinja .cache/gpu-tokenizer/
 
 dag: setup
 	$(BIN)/snakemake --dag | dot -Tsvg > reports/dag.svg

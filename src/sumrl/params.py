@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 SCHEMA_PATH = Path(str(resources.files("sumrl") / "schema" / "params.schema.yaml"))
@@ -98,6 +97,8 @@ def load_params(
 
 
 def validate_params(params: dict, source: str = "params", check_files: bool = True) -> None:
+    import jsonschema  # here, not at import: the RL core imports this module on machines without jsonschema
+
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
@@ -106,7 +107,8 @@ def validate_params(params: dict, source: str = "params", check_files: bool = Tr
     _check_semantics(params, source, check_files)
 
 
-def _explain(error: jsonschema.ValidationError, schema: dict) -> str:
+def _explain(error, schema: dict) -> str:
+    """One line per problem of a jsonschema.ValidationError, naming the key (and the nearest valid one)."""
     where = ".".join(str(p) for p in error.absolute_path) or "<top level>"
     if error.validator == "additionalProperties":
         allowed = sorted(_properties_at(schema, list(error.absolute_path)))
