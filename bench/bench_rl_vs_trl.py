@@ -198,9 +198,9 @@ def main() -> None:
         return child(args)
     if not Path(args.model).is_dir():
         sys.exit(f"{args.model}: no model folder; run `make run` (or `sumrl base-model`) first")
-    from sumrl.models.load import torch_dtype
+    from sumrl.models.load import dtype_for
 
-    args.dtype = str(torch_dtype({"model": {"dtype": args.dtype}, "compute": {"device": "cpu"}})).removeprefix("torch.")
+    args.dtype = str(dtype_for(args.dtype, "cpu")).removeprefix("torch.")
     cfg = settings(args)
     with tempfile.TemporaryDirectory() as tmp:
         rm = args.reward or reward_dir(args.model, Path(tmp))

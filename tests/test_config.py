@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import typing
 
 import pytest
 
-from sumrl.config import LoraSettings, RLConfig, from_mapping
+from sumrl.config import Config, LoraSettings, RLConfig, from_mapping
 from sumrl.params import load_params, load_schema
 
 from conftest import ROOT
@@ -39,3 +41,30 @@ def test_rl_config_from_params_is_typed_and_frozen():
 def test_a_key_the_config_does_not_know_is_an_error():
     with pytest.raises(KeyError, match="LoraSettings"):
         from_mapping(LoraSettings, {"r": 1, "alpha": 2, "dropout": 0.0, "target_modules": ["q"], "rank": 3})
+
+
+def test_config_has_a_dataclass_per_schema_section_field_for_field():
+    """Every section and nested section of the schema is a dataclass with exactly its keys."""
+    schema = load_schema()
+
+    def check(cls, node, where):
+        node = {**schema["$defs"][node["$ref"].rsplit("/", 1)[-1]], **node} if "$ref" in node else node
+        assert _fields(cls) == set(node["properties"]), where
+        hints = typing.get_type_hints(cls)
+        for name, child in node["properties"].items():
+            kind = hints[name]
+            item = (typing.get_args(kind) or (None,))[0]
+            if dataclasses.is_dataclass(kind):
+                check(kind, child, f"{where}.{name}")
+            elif dataclasses.is_dataclass(item):
+                check(item, child["items"], f"{where}.{name}[]")
+
+    check(Config, schema, "params")
+
+
+def test_config_of_a_params_mapping_and_of_a_config():
+    params = load_params(ROOT / "params.yaml", check_files=False)
+    cfg = Config.of(params)
+    assert Config.of(cfg) is cfg
+    assert json.loads(json.dumps(cfg.as_dict())) == params  # the same params, lists back from tuples
+    assert cfg.reward.num_labels == 1 and cfg.data.fields.document == params["data"]["fields"]["document"]

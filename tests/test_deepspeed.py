@@ -58,7 +58,7 @@ def train_run(base: Path, out: Path, stage: str, deepspeed: str, lora: bool) -> 
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
     from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-    params = {"compute": {"deepspeed": deepspeed, "offload": "none", "launcher": "python", "device": "cpu"}}
+    params = params_with(deepspeed=deepspeed, device="cpu")
     ds.prepare_distributed_env(params)
     torch.manual_seed(0)
     common = dict(

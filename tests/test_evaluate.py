@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sumrl.artifacts import DataError, read_json, read_jsonl, write_jsonl
+from sumrl.config import Config
 from sumrl.evaluate import generate, metrics
 from sumrl.models.load import load_tokenizer
 from sumrl.params import deep_merge
@@ -181,10 +182,10 @@ def test_kl_does_not_depend_on_batch_padding(workspace):
     generate.run(workspace, policy("base"))
     rows = read_jsonl("reports/generations/base.jsonl")
     tokenizer = load_tokenizer("models/base")
-    alone = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 1}}), "base", tokenizer,
-                                          rows, "cpu")
-    padded = metrics.kl_to_sft_per_example(deep_merge(workspace, {"evaluate": {"batch_size": 5}}), "base", tokenizer,
-                                           rows, "cpu")
+    alone = metrics.kl_to_sft_per_example(Config.of(deep_merge(workspace, {"evaluate": {"batch_size": 1}})), "base",
+                                          tokenizer, rows, "cpu")
+    padded = metrics.kl_to_sft_per_example(Config.of(deep_merge(workspace, {"evaluate": {"batch_size": 5}})), "base",
+                                           tokenizer, rows, "cpu")
     assert padded == pytest.approx(alone, abs=1e-3)
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_json, write_jsonl
+from sumrl.config import Config
 from sumrl.evaluate import judge
 from sumrl.params import ParamsError, check_environment, load_params
 
@@ -351,7 +352,8 @@ def test_retry_after_503_and_the_key_only_in_the_header(monkeypatch, key):
     try:
         environ = {"SUMRL_JUDGE_URL": f"http://127.0.0.1:{httpd.server_port}/v1/",
                    **({"SUMRL_JUDGE_API_KEY": key} if key else {})}
-        backend = judge.OpenAIBackend(judge_params("judge.backend=openai", "judge.model=m", "judge.retries=1")["judge"],
+        backend = judge.OpenAIBackend(Config.of(judge_params("judge.backend=openai", "judge.model=m",
+                                                             "judge.retries=1")).judge,
                                       environ)
         assert backend.complete(judge.Query("Which is better?", 4)) == "B"
     finally:

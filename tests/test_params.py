@@ -44,7 +44,7 @@ CASES = {
     "fraction-out-of-range": Case(
         preset="pairs: {validation_fraction: 1.5}\n", expect=("pairs.validation_fraction: 1.5",)
     ),
-    "bad-enum": Case(preset="rl: {methods: [reinforce, dpo]}\n", expect=("rl.methods.1: 'dpo' is not one of",)),
+    "bad-enum": Case(preset="rl: {methods: [reinforce, a2c]}\n", expect=("rl.methods.1: 'a2c' is not one of",)),
     "missing-data-file": Case(
         preset="data: {source: jsonl, path: data/raw/missing.jsonl}\n",
         expect=("data.path: file or folder not found: data/raw/missing.jsonl",),

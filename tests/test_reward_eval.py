@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sumrl.artifacts import DataError, read_json, write_jsonl
+from sumrl.config import EvalPairsSpec, from_mapping
 from sumrl.evaluate import reward_eval
 from sumrl.params import ParamsError, deep_merge, validate_params
 
@@ -78,7 +79,7 @@ def test_a_bad_eval_file_is_an_error_naming_file_and_line(tiny_params, tmp_path)
             "fields": {"id": "id", "document": "prompt", "chosen": "chosen", "rejected": "rejected"}}
     with pytest.raises(DataError, match=r"reward.eval_pairs\[0\] \(mine\): 1 unusable row.*prefs.jsonl: line 2: "
                                         r"field 'chosen'"):
-        reward_eval.eval_file_rows(spec, "reward.eval_pairs[0] (mine)")
+        reward_eval.eval_file_rows(from_mapping(EvalPairsSpec, spec), "reward.eval_pairs[0] (mine)")
     missing = deep_merge(tiny_params, {"reward": {"eval_pairs": [{**spec, "path": str(tmp_path / "nope.jsonl")}]}})
     with pytest.raises(ParamsError, match=r"reward.eval_pairs\[0\].path: file or folder not found"):
         validate_params(missing)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from sumrl import stages
+from sumrl.config import Config
 from sumrl.params import ParamsError, check_environment, load_params
 
 log = logging.getLogger("sumrl")
@@ -154,7 +155,7 @@ def _write_params(params: dict, path: Path) -> None:
 
 def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
     """Import lazily: `sumrl validate` and bad params must fail fast, before torch is imported."""
-    if command == "judge" and not params["judge"]["enabled"]:
+    if command == "judge" and not Config.of(params).judge.enabled:
         # The disabled judge runs in every workflow run: it must cost a second, not a torch import.
         from sumrl.evaluate.judge import write_disabled
 
@@ -194,8 +195,6 @@ def run_stage(command: str, params: dict, args: argparse.Namespace) -> None:
 
 
 def _stages(args: argparse.Namespace) -> int:
-    from sumrl import stages
-
     if args.write_dvc:
         Path("dvc.yaml").write_text(stages.dvc_yaml())
         print("wrote dvc.yaml")

@@ -10,14 +10,17 @@ like `prepare-data` checks its rows (bad rows are errors or counted drops by `da
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
 import statistics
+from collections.abc import Mapping
 from pathlib import Path
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_jsonl
+from sumrl.config import Config
 from sumrl.data import negatives as neg
 from sumrl.data.prepare import (
     Item,
@@ -53,19 +56,20 @@ def run(params: dict, args=None) -> None:
     from sumrl import runtime
     from sumrl.models.load import load_tokenizer
 
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
-    tokenizer = load_tokenizer(stages.BASE, params["compute"]["trust_remote_code"])
-    if params["pairs"]["source"] == "generated":
+    cfg = Config.of(params)
+    device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
+    tokenizer = load_tokenizer(stages.BASE, cfg.compute.trust_remote_code)
+    if cfg.pairs.source == "generated":
         rows = read_jsonl(Path(stages.PREPARED) / "pref.jsonl")
-        splits, card = generated_pairs(rows, tokenizer, params, lambda: base_samples(rows, tokenizer, params, device))
+        splits, card = generated_pairs(rows, tokenizer, cfg, lambda: base_samples(rows, tokenizer, cfg, device))
     else:
-        splits, card = human_pairs(load_pair_rows(params), tokenizer, params)
+        splits, card = human_pairs(load_pair_rows(cfg), tokenizer, cfg)
     write_splits(stages.PAIRS, splits, card)
     log.info("pairs (%s): %s; dropped %s", card["origin"], card["rows"],
              {r: d["count"] for r, d in card["drops"].items()})
 
 
-def base_samples(rows: list[Row], tokenizer, params: dict, device):
+def base_samples(rows: list[Row], tokenizer, params: Config | Mapping, device):
     """One base-model sample per row (texts, has_eos), seeded so that the samples depend on the seed alone."""
     import torch
 
@@ -73,25 +77,28 @@ def base_samples(rows: list[Row], tokenizer, params: dict, device):
     from sumrl.generation import generate
     from sumrl.models.load import load_policy
 
-    p = params["pairs"]
-    model = load_policy(stages.BASE, params, device).eval()
-    fmt = PromptFormat.from_params(tokenizer, params)
-    torch.manual_seed(params["seed"])
-    return generate(model, tokenizer, [fmt.prompt(r["document"]) for r in rows], max_new_tokens=p["max_new_tokens"],
-                    do_sample=True, temperature=p["temperature"], batch_size=p["batch_size"])
+    cfg = Config.of(params)
+    p = cfg.pairs
+    model = load_policy(stages.BASE, cfg, device).eval()
+    fmt = PromptFormat.from_params(tokenizer, cfg)
+    torch.manual_seed(cfg.seed)
+    return generate(model, tokenizer, [fmt.prompt(r["document"]) for r in rows], max_new_tokens=p.max_new_tokens,
+                    do_sample=True, temperature=p.temperature, batch_size=p.batch_size)
 
 
-def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[dict[str, list[dict]], dict]:
+def generated_pairs(rows: list[Row], tokenizer, params: Config | Mapping, sampler
+                    ) -> tuple[dict[str, list[dict]], dict]:
     """For each prepared `pref` row, the human reference (chosen) against one rejected summary per kind in
     `pairs.negatives` (data/negatives.py). `sampler()` gives the base-model samples; it is called only when a
     kind needs them. Reference-made negatives come from documents of the same split (no leak across splits)."""
-    p = params["pairs"]
-    kinds = p["negatives"]
-    split_of = [pair_split(row["document"], p["validation_fraction"], params["seed"]) for row in rows]
+    cfg = Config.of(params)
+    p = cfg.pairs
+    kinds = list(p.negatives)
+    split_of = [pair_split(row["document"], p.validation_fraction, cfg.seed) for row in rows]
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     lengths = [count(row["summary"]) for row in rows]
     samples = sampler() if set(kinds) & set(neg.SAMPLE_KINDS) else None
-    rng = random.Random(params["seed"])
+    rng = random.Random(cfg.seed)
     by_split = {name: [i for i, s in enumerate(split_of) if s == name] for name in PAIR_SPLITS}
     position = {i: k for members in by_split.values() for k, i in enumerate(members)}
     references = {name: [rows[j]["summary"] for j in members] for name, members in by_split.items()}
@@ -105,7 +112,7 @@ def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[
         if samples is not None:
             text, eos = samples.texts[i], bool(samples.has_eos[i])
             built["sample"] = neg.Negative("sample", text, ends=eos)
-            built["matched_sample"] = neg.matched_sample(text, eos, lengths[i], count, p["max_length_log_ratio"])
+            built["matched_sample"] = neg.matched_sample(text, eos, lengths[i], count, p.max_length_log_ratio)
         for kind in kinds:
             negative = built[kind]
             pair_id = f"{row['id']}:{kind}"
@@ -118,14 +125,14 @@ def generated_pairs(rows: list[Row], tokenizer, params: dict, sampler) -> tuple[
     check_not_empty(splits)
     source = {"kind": "generated", "path": f"{stages.PREPARED}/pref.jsonl", "negatives": ", ".join(kinds)}
     if samples is not None:
-        source.update(sampler=stages.BASE, temperature=p["temperature"], max_new_tokens=p["max_new_tokens"])
+        source.update(sampler=stages.BASE, temperature=p.temperature, max_new_tokens=p.max_new_tokens)
     stats = negative_stats(splits, kinds, count)
     notes = [GENERATED_NOTE, *(negative_note(kind, s) for kind, s in stats.items())]
     no_eos = None if samples is None else int((~samples.has_eos).sum())
     if no_eos is not None:
         notes.append(f"{no_eos} of {len(rows)} base-model samples stopped at pairs.max_new_tokens = "
-                     f"{p['max_new_tokens']} without an end-of-sequence token.")
-    card = pairs_card(notes, source, {kind: len(rows) for kind in kinds}, splits, ledger, tokenizer, params)
+                     f"{p.max_new_tokens} without an end-of-sequence token.")
+    card = pairs_card(notes, source, {kind: len(rows) for kind in kinds}, splits, ledger, tokenizer, cfg)
     card["negatives"] = stats
     if no_eos is not None:
         card["samples_without_eos"] = no_eos
@@ -177,19 +184,20 @@ def negative_note(kind: str, s: dict) -> str:
             f"{s['rejected_shorter']:.0%}; ends: chosen {s['chosen_ends']:.0%}, rejected {s['rejected_ends']:.0%}.")
 
 
-def human_pairs(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list[dict]], dict]:
+def human_pairs(loaded: Loaded, tokenizer, params: Config | Mapping) -> tuple[dict[str, list[dict]], dict]:
     """Human-labelled pairs: the source's train/validation files when it has both, else a hash split."""
-    fields = params["pairs"]["fields"]
-    ledger = Ledger(params["data"]["on_bad_rows"])
+    cfg = Config.of(params)
+    fields = cfg.pairs.fields
+    ledger = Ledger(cfg.data.on_bad_rows)
     for problem in loaded.problems:
         ledger.bad(problem)
     items = [(normalize_row(row), origin) for row, origin in zip(loaded.rows, loaded.origins)]
-    items = drop_duplicate_ids(items, fields["id"], ledger)
-    items = drop_identical_sides(items, fields["rejected"], ledger)
+    items = drop_duplicate_ids(items, fields.id, ledger)
+    items = drop_identical_sides(items, fields.rejected, ledger)
     use_source_splits = set(PAIR_SPLITS) <= {row["split"] for row, _ in items}
     if use_source_splits:
         items = drop_unused_test(items, ledger)
-        items = drop_leaks(items, "validation", fields["document"], ledger)
+        items = drop_leaks(items, "validation", fields.document, ledger)
     ledger.raise_errors()
     items = drop_duplicate_pairs(items, ledger)
     pairs = [pair_row(row["id"], row["document"], row["chosen"], row["rejected"], HUMAN) for row, _ in items]
@@ -197,13 +205,13 @@ def human_pairs(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list
         splits = {name: [pair for pair, (row, _) in zip(pairs, items) if row["split"] == name] for name in PAIR_SPLITS}
         check_not_empty(splits)
     else:
-        splits = split_by_document(pairs, params["pairs"]["validation_fraction"], params["seed"])
+        splits = split_by_document(pairs, cfg.pairs.validation_fraction, cfg.seed)
     source = {**loaded.source, "split": "the source's files" if use_source_splits else "hash of the document"}
     # Labeler disagreement is real information about label noise: such pairs are kept, and counted.
     conflicts = conflicting_labels(pairs)
     notes = [f"{len(conflicts)} pair(s) of rows compare the same two summaries with opposite labels (labeler "
              f"disagreement), kept: {', '.join('/'.join(ids) for ids in conflicts)}"] if conflicts else []
-    card = pairs_card(notes, source, loaded.read, splits, ledger, tokenizer, params)
+    card = pairs_card(notes, source, loaded.read, splits, ledger, tokenizer, cfg)
     card["conflicting_labels"] = {"count": len(conflicts), "ids": conflicts}
     return splits, card
 
@@ -265,12 +273,12 @@ def check_not_empty(splits: dict[str, list]) -> None:
 
 
 def pairs_card(notes: list[str], source: dict, read: dict, splits: dict, ledger: Ledger, tokenizer,
-               params: dict) -> dict:
+               cfg: Config) -> dict:
     origin = GENERATED if source["kind"] == "generated" else HUMAN
     tokens = {name: {f: length_stats(token_lengths(tokenizer, [r[f] for r in rows])) for f in TEXT_FIELDS}
               for name, rows in splits.items()}
     title = "Preference pairs: " + ("human reference vs generated negatives" if origin == GENERATED
                                     else "human preferences")
     card = data_card(title, notes, source, read, splits, ledger, tokens)
-    card.update(origin=origin, seed=params["seed"], params=params["pairs"])
+    card.update(origin=origin, seed=cfg.seed, params=dataclasses.asdict(cfg.pairs))
     return card

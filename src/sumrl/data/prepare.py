@@ -9,15 +9,17 @@ lists every dropped row with its reason, and its arithmetic is checked: rows rea
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
 import statistics
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 from sumrl import stages
 from sumrl.artifacts import DataError, atomic_path, write_json, write_jsonl
+from sumrl.config import Config, DataConfig
 from sumrl.data.sources import REFERENCES, Loaded, Origin, Problem, Row, load_rows
 
 log = logging.getLogger(__name__)
@@ -71,33 +73,36 @@ class Ledger:
 def run(params: dict, args=None) -> None:
     from sumrl.models.load import load_tokenizer
 
-    tokenizer = load_tokenizer(stages.BASE, params["compute"]["trust_remote_code"])
-    splits, card = prepare(load_rows(params), tokenizer, params)
+    cfg = Config.of(params)
+    tokenizer = load_tokenizer(stages.BASE, cfg.compute.trust_remote_code)
+    splits, card = prepare(load_rows(cfg), tokenizer, cfg)
     write_splits(stages.PREPARED, splits, card)
     log.info("prepared %s; dropped %s", card["rows"], {r: d["count"] for r, d in card["drops"].items()})
 
 
-def prepare(loaded: Loaded, tokenizer, params: dict) -> tuple[dict[str, list[Row]], dict]:
+def prepare(loaded: Loaded, tokenizer, params: Config | Mapping) -> tuple[dict[str, list[Row]], dict]:
     """Rows of `load_rows(params)` -> ({"sft", "pref", "rl", "test": rows}, data card). Pure: writes nothing."""
-    data, seed = params["data"], params["seed"]
-    fields = data["fields"]
-    ledger = Ledger(data["on_bad_rows"])
+    cfg = Config.of(params)
+    data, seed = cfg.data, cfg.seed
+    ledger = Ledger(data.on_bad_rows)
     for problem in loaded.problems:
         ledger.bad(problem)
-    items = [(with_test_split(normalize_row(row), data["test_split"]), origin)
+    items = [(with_test_split(normalize_row(row), data.test_split), origin)
              for row, origin in zip(loaded.rows, loaded.origins)]
-    items = drop_duplicate_ids(items, fields["id"], ledger)
-    items = drop_leaks(items, "test", fields["document"], ledger)
+    items = drop_duplicate_ids(items, data.fields.id, ledger)
+    items = drop_leaks(items, "test", data.fields.document, ledger)
     ledger.raise_errors()
     items = drop_duplicate_documents(items, ledger)
     rows, lengths = filter_lengths([row for row, _ in items], tokenizer, data, ledger)
-    test = cap([r for r in rows if r["split"] == "test"], data["max_test"], seed, ledger)
-    splits = {**assign_splits([r for r in rows if r["split"] != "test"], data["splits"], seed, ledger), "test": test}
-    check_not_empty(splits, loaded, ledger, data["test_split"])
+    test = cap([r for r in rows if r["split"] == "test"], data.max_test, seed, ledger)
+    fractions = dataclasses.asdict(data.splits)
+    splits = {**assign_splits([r for r in rows if r["split"] != "test"], fractions, seed, ledger), "test": test}
+    check_not_empty(splits, loaded, ledger, data.test_split)
     tokens = {name: {f: length_stats([lengths[r["id"]][f] for r in split_rows]) for f in ("document", "summary")}
               for name, split_rows in splits.items()}
     card = data_card("Data card: prepared data", [], loaded.source, loaded.read, splits, ledger, tokens)
-    card.update(seed=seed, params=data, tokenizer={"class": type(tokenizer).__name__, "vocab_size": len(tokenizer)})
+    card.update(seed=seed, params=dataclasses.asdict(data),
+                tokenizer={"class": type(tokenizer).__name__, "vocab_size": len(tokenizer)})
     return {name: [output_row(r) for r in split_rows] for name, split_rows in splits.items()}, card
 
 
@@ -171,17 +176,18 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def filter_lengths(rows: list[Row], tokenizer, data: dict, ledger: Ledger) -> tuple[list[Row], dict[str, dict]]:
+def filter_lengths(rows: list[Row], tokenizer, data: DataConfig, ledger: Ledger
+                   ) -> tuple[list[Row], dict[str, dict]]:
     """Rows within the token limits, and every kept row's lengths by id (for the card)."""
     doc_lens = token_lengths(tokenizer, [r["document"] for r in rows])
     sum_lens = token_lengths(tokenizer, [r["summary"] for r in rows])
     kept, lengths = [], {}
     for row, doc_len, sum_len in zip(rows, doc_lens, sum_lens):
-        if doc_len > data["max_document_tokens"]:
+        if doc_len > data.max_document_tokens:
             ledger.drop("document_too_long", row["id"])
-        elif sum_len > data["max_summary_tokens"]:
+        elif sum_len > data.max_summary_tokens:
             ledger.drop("summary_too_long", row["id"])
-        elif sum_len < data["min_summary_tokens"]:
+        elif sum_len < data.min_summary_tokens:
             ledger.drop("summary_too_short", row["id"])
         else:
             kept.append(row)

@@ -6,7 +6,10 @@ policy is trained, rewarded and evaluated on exactly the same prompt.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from sumrl.config import Config
 
 
 @dataclass(frozen=True)
@@ -16,9 +19,9 @@ class PromptFormat:
     use_chat_template: bool = True
 
     @classmethod
-    def from_params(cls, tokenizer, params: dict) -> PromptFormat:
-        p = params["prompt"]
-        return cls(tokenizer, p["instruction"], p["use_chat_template"])
+    def from_params(cls, tokenizer, params: Config | Mapping) -> PromptFormat:
+        prompt = Config.of(params).prompt
+        return cls(tokenizer, prompt.instruction, prompt.use_chat_template)
 
     @property
     def chat(self) -> bool:

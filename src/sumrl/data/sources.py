@@ -8,6 +8,7 @@ an error must name the file, line and field, which only the reader knows.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import re
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sumrl.artifacts import DataError
+from sumrl.config import Config
 
 SPLITS = ("train", "validation", "test")
 # Words in a file or split name that say which split it is; matched whole, so `prompts_hiddentest`
@@ -79,16 +81,17 @@ class Loaded:
 Records = Iterator[tuple[str, Origin, "dict | Problem"]]
 
 
-def load_rows(params: dict) -> Loaded:
+def load_rows(params: Config | Mapping) -> Loaded:
     """The summarization rows of `data.source` (id, document, summary, split, optional references)."""
-    data = params["data"]
-    return load_source(data["source"], data["path"], data["hf_config"], data["fields"], optional=(REFERENCES,))
+    data = Config.of(params).data
+    return load_source(data.source, data.path, data.hf_config, dataclasses.asdict(data.fields),
+                       optional=(REFERENCES,))
 
 
-def load_pair_rows(params: dict) -> Loaded:
+def load_pair_rows(params: Config | Mapping) -> Loaded:
     """Human preference pairs from `pairs.path` (id, document, chosen, rejected, split)."""
-    pairs = params["pairs"]
-    return load_source(pairs["source"], pairs["path"], None, pairs["fields"])
+    pairs = Config.of(params).pairs
+    return load_source(pairs.source, pairs.path, None, dataclasses.asdict(pairs.fields))
 
 
 def load_source(kind: str, path: str | None, hf_config: str | None, fields: Mapping[str, str],

@@ -8,12 +8,14 @@ exactly the tokens the policy produced, not of a re-tokenization of the decoded 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from tqdm import tqdm
 
 from sumrl import runtime, stages
 from sumrl.artifacts import read_jsonl, write_jsonl
+from sumrl.config import Config, GenerateConfig
 from sumrl.data.prompts import PromptFormat
 from sumrl.generation import generate
 from sumrl.models.load import load_policy, load_tokenizer
@@ -29,8 +31,8 @@ def references_of(row: dict) -> list[str]:
     return list(dict.fromkeys([row["summary"], *row.get("references", [])]))
 
 
-def max_prompt_tokens(params: dict) -> int:
-    return params["data"]["max_document_tokens"] + PROMPT_TEMPLATE_TOKENS
+def max_prompt_tokens(params: Config | Mapping) -> int:
+    return Config.of(params).data.max_document_tokens + PROMPT_TEMPLATE_TOKENS
 
 
 def warn_if_truncated(tokenizer, prompts: list[str], limit: int) -> None:
@@ -43,17 +45,17 @@ def warn_if_truncated(tokenizer, prompts: list[str], limit: int) -> None:
                     over, len(prompts), limit, max(lengths))
 
 
-def generation_rows(model, tokenizer, fmt: PromptFormat, tests: list[dict], gen: dict, prompt_limit: int,
+def generation_rows(model, tokenizer, fmt: PromptFormat, tests: list[dict], gen: GenerateConfig, prompt_limit: int,
                     desc: str = "generate") -> list[dict]:
-    """Generate for `tests` in batches of gen["batch_size"]; one output row per test row, in order."""
+    """Generate for `tests` in batches of generate.batch_size; one output row per test row, in order."""
     prompts = [fmt.prompt(row["document"]) for row in tests]
     warn_if_truncated(tokenizer, prompts, prompt_limit)
-    size = gen["batch_size"]
+    size = gen.batch_size
     out = []
     for start in tqdm(range(0, len(tests), size), desc=desc, unit="batch"):
         batch = generate(
-            model, tokenizer, prompts[start:start + size], max_new_tokens=gen["max_new_tokens"],
-            do_sample=gen["do_sample"], temperature=gen["temperature"], max_prompt_tokens=prompt_limit,
+            model, tokenizer, prompts[start:start + size], max_new_tokens=gen.max_new_tokens,
+            do_sample=gen.do_sample, temperature=gen.temperature, max_prompt_tokens=prompt_limit,
         )
         for i, text in enumerate(batch.texts):
             row = tests[start + i]
@@ -74,15 +76,16 @@ def generation_rows(model, tokenizer, fmt: PromptFormat, tests: list[dict], gen:
 
 def run(params: dict, args) -> None:
     policy = args.policy
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
+    cfg = Config.of(params)
+    device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
     folder = stages.policy_dir(policy)
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder}: policy folder not found (policy '{policy}')")
     tests = read_jsonl(TEST_SPLIT)
-    tokenizer = load_tokenizer(folder, params["compute"]["trust_remote_code"])
-    model = load_policy(folder, params, device).eval()
-    fmt = PromptFormat.from_params(tokenizer, params)
-    rows = generation_rows(model, tokenizer, fmt, tests, params["generate"], max_prompt_tokens(params),
+    tokenizer = load_tokenizer(folder, cfg.compute.trust_remote_code)
+    model = load_policy(folder, cfg, device).eval()
+    fmt = PromptFormat.from_params(tokenizer, cfg)
+    rows = generation_rows(model, tokenizer, fmt, tests, cfg.generate, max_prompt_tokens(cfg),
                            desc=f"generate {policy}")
     out = stages.GENERATIONS.format(policy=policy)
     write_jsonl(out, rows)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from sumrl import runtime, stages
 from sumrl.artifacts import DataError, read_jsonl, write_json
+from sumrl.config import Config
 from sumrl.data.prompts import PromptFormat
 from sumrl.evaluate.generate import max_prompt_tokens
 from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
@@ -108,25 +109,24 @@ def kl_per_example(policy, reference, tokenizer, rows: list[dict], batch_size: i
     return out
 
 
-def reward_per_example(params: dict, rows: list[dict], device) -> tuple[dict[str, list[float]], dict]:
+def reward_per_example(cfg: Config, rows: list[dict], device) -> tuple[dict[str, list[float]], dict]:
     """The RM's reward (and sigma) of each row's summary and of its human reference, on the same input:
     the reference's score is what the report's win rate against the reference compares with."""
-    reward_model, meta = load_reward_model(stages.REWARD, params, device)
-    tokenizer = load_tokenizer(stages.REWARD, params["compute"]["trust_remote_code"])
-    fmt = PromptFormat.from_params(tokenizer, params)
-    batch_size = params["evaluate"]["batch_size"]
+    reward_model, meta = load_reward_model(stages.REWARD, cfg, device)
+    tokenizer = load_tokenizer(stages.REWARD, cfg.compute.trust_remote_code)
+    fmt = PromptFormat.from_params(tokenizer, cfg)
+    batch_size = cfg.evaluate.batch_size
     rewards, sigmas = score_texts(reward_model, tokenizer, reward_texts(fmt, rows), meta["kind"], batch_size)
     references = [{"prompt": row["prompt"], "summary": row["reference"]} for row in rows]
     reference_rewards, _ = score_texts(reward_model, tokenizer, reward_texts(fmt, references), meta["kind"], batch_size)
     return {"reward": rewards.tolist(), "sigma": sigmas.tolist(), "reference_reward": reference_rewards.tolist()}, meta
 
 
-def kl_to_sft_per_example(params: dict, policy_name: str, tokenizer, rows: list[dict], device) -> list[float]:
+def kl_to_sft_per_example(cfg: Config, policy_name: str, tokenizer, rows: list[dict], device) -> list[float]:
     folder = stages.policy_dir(policy_name)
-    policy = load_policy(folder, params, device).eval()
-    reference = load_policy(stages.SFT, params, device).eval()
-    return kl_per_example(policy, reference, tokenizer, rows, params["evaluate"]["batch_size"],
-                          max_prompt_tokens(params), device)
+    policy = load_policy(folder, cfg, device).eval()
+    reference = load_policy(stages.SFT, cfg, device).eval()
+    return kl_per_example(policy, reference, tokenizer, rows, cfg.evaluate.batch_size, max_prompt_tokens(cfg), device)
 
 
 # ---- assembling the eval file ----------------------------------------------------------------------
@@ -164,17 +164,18 @@ def aggregate(examples: list[dict], probabilistic: bool) -> dict:
 
 def run(params: dict, args) -> None:
     policy = args.policy
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
+    cfg = Config.of(params)
+    device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
     generations = stages.GENERATIONS.format(policy=policy)
     rows = read_jsonl(generations)
     if not rows:
         raise DataError(f"{generations}: no generations to evaluate")
     if any("completion_ids" not in row for row in rows):
         raise DataError(f"{generations}: rows without completion_ids; rerun `sumrl generate --policy {policy}`")
-    scores, meta = reward_per_example(params, rows, device)
-    tokenizer = load_tokenizer(stages.policy_dir(policy), params["compute"]["trust_remote_code"])
-    kls = kl_to_sft_per_example(params, policy, tokenizer, rows, device)
-    fmt = PromptFormat.from_params(tokenizer, params)
+    scores, meta = reward_per_example(cfg, rows, device)
+    tokenizer = load_tokenizer(stages.policy_dir(policy), cfg.compute.trust_remote_code)
+    kls = kl_to_sft_per_example(cfg, policy, tokenizer, rows, device)
+    fmt = PromptFormat.from_params(tokenizer, cfg)
     examples = example_records(rows, scores, kls, fmt.completion_lengths([row["reference"] for row in rows]))
     result = {
         "policy": policy,

@@ -12,6 +12,7 @@ Sets: the RM's own validation pairs (per negative kind when they were generated)
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 
 from sumrl import runtime, stages
 from sumrl.artifacts import DataError, read_json, read_jsonl, write_json
+from sumrl.config import Config, EvalPairsSpec
 from sumrl.data.prompts import PromptFormat
 from sumrl.data.sources import load_source
 from sumrl.models.load import load_reward_model, load_tokenizer
@@ -90,27 +92,28 @@ def validation_sets(rows: list[dict]) -> dict[str, list[dict]]:
     return sets
 
 
-def eval_file_rows(spec: dict, key: str) -> list[dict]:
+def eval_file_rows(spec: EvalPairsSpec, key: str) -> list[dict]:
     """The rows of one `reward.eval_pairs` entry, every split of it; a bad row is an error naming its line."""
-    loaded = load_source(spec["source"], spec["path"], spec.get("hf_config"), spec["fields"])
+    loaded = load_source(spec.source, spec.path, spec.hf_config, dataclasses.asdict(spec.fields))
     if loaded.problems:
         raise DataError(f"{key}: {len(loaded.problems)} unusable row(s); first: {loaded.problems[0].message()}")
     if not loaded.rows:
-        raise DataError(f"{key}: no preference pairs in {spec['path']}")
+        raise DataError(f"{key}: no preference pairs in {spec.path}")
     return loaded.rows
 
 
 def run(params: dict, args=None) -> None:
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
-    model, meta = load_reward_model(stages.REWARD, params, device)
-    tokenizer = load_tokenizer(stages.REWARD, params["compute"]["trust_remote_code"])
-    fmt = PromptFormat.from_params(tokenizer, params)
-    batch_size = params["evaluate"]["batch_size"]
+    cfg = Config.of(params)
+    device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
+    model, meta = load_reward_model(stages.REWARD, cfg, device)
+    tokenizer = load_tokenizer(stages.REWARD, cfg.compute.trust_remote_code)
+    fmt = PromptFormat.from_params(tokenizer, cfg)
+    batch_size = cfg.evaluate.batch_size
     sets = validation_sets(read_jsonl(Path(stages.PAIRS) / "validation.jsonl"))
     sources = {name: f"{stages.PAIRS}/validation.jsonl" for name in sets}
-    for i, spec in enumerate(params["reward"]["eval_pairs"]):
-        sets[spec["name"]] = eval_file_rows(spec, f"reward.eval_pairs[{i}] ({spec['name']})")
-        sources[spec["name"]] = spec["path"]
+    for i, spec in enumerate(cfg.reward.eval_pairs):
+        sets[spec.name] = eval_file_rows(spec, f"reward.eval_pairs[{i}] ({spec.name})")
+        sources[spec.name] = spec.path
     results = {}
     for name, rows in sets.items():
         results[name] = {"source": sources[name], **score_pairs(model, tokenizer, fmt, rows, meta["kind"], batch_size)}

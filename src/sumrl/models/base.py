@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from sumrl import stages
 from sumrl.artifacts import atomic_path, write_json
+from sumrl.config import Config
 from sumrl.models.load import save_model, torch_dtype
 
 
@@ -78,6 +79,6 @@ def materialize_base(spec: str, out_dir: str | Path, dtype: torch.dtype = torch.
 
 def run(params: dict, args=None) -> None:
     """`sumrl base-model`: models/base from `model.base`."""
-    m = params["model"]
-    info = materialize_base(m["base"], stages.BASE, torch_dtype(params), params["compute"]["trust_remote_code"])
+    cfg = Config.of(params)
+    info = materialize_base(cfg.model.base, stages.BASE, torch_dtype(cfg), cfg.compute.trust_remote_code)
     print(f"{stages.BASE}: {info['parameters']:,} parameters from {info['source']}")

@@ -7,27 +7,33 @@ Weights are safetensors only (`use_safetensors=True`), and remote code runs only
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from sumrl.config import LoraSettings
+from sumrl.config import Config, LoraSettings
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REWARD_META = "sumrl_reward.json"
 
 
-def torch_dtype(params: dict) -> torch.dtype:
-    """model.dtype as a torch dtype. `auto`: bfloat16 where the hardware multiplies bf16 natively, else float32.
+def torch_dtype(params: Config | Mapping) -> torch.dtype:
+    """model.dtype as a torch dtype (see dtype_for)."""
+    cfg = Config.of(params)
+    return dtype_for(cfg.model.dtype, cfg.compute.device)
+
+
+def dtype_for(name: str, device: str) -> torch.dtype:
+    """A model.dtype name as a torch dtype. `auto`: bfloat16 where the hardware multiplies bf16 natively, else
+    float32.
 
     A CPU without AVX-512 BF16 / AMX runs bf16 matmuls through a fallback ~85x slower than fp32 (measured on
     an AVX2 EPYC: 1.2 vs 103 GFLOP/s), so `auto` asks the machine rather than assuming it.
     """
-    name = params["model"]["dtype"]
     if name != "auto":
         return DTYPES[name]
-    device = params["compute"]["device"]
     if device != "cpu" and torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
@@ -64,26 +70,28 @@ def use_distinct_pad(tokenizer) -> None:
             return
 
 
-def load_policy(path: str | Path, params: dict, device: torch.device | str = "cpu"):
+def load_policy(path: str | Path, params: Config | Mapping, device: torch.device | str = "cpu"):
+    cfg = Config.of(params)
     model = AutoModelForCausalLM.from_pretrained(
         str(path),
-        dtype=torch_dtype(params),
-        trust_remote_code=params["compute"]["trust_remote_code"],
+        dtype=torch_dtype(cfg),
+        trust_remote_code=cfg.compute.trust_remote_code,
         use_safetensors=True,
     )
     return model.to(device)
 
 
-def load_reward_model(path: str | Path, params: dict, device: torch.device | str = "cpu"):
+def load_reward_model(path: str | Path, params: Config | Mapping, device: torch.device | str = "cpu"):
     """The trained reward model and its metadata ({"kind": "scalar"|"probabilistic", "num_scores": n})."""
     meta_path = Path(path) / REWARD_META
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: missing; {path} was not written by `sumrl reward`")
     meta = json.loads(meta_path.read_text())
+    cfg = Config.of(params)
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path),
-        dtype=torch_dtype(params),
-        trust_remote_code=params["compute"]["trust_remote_code"],
+        dtype=torch_dtype(cfg),
+        trust_remote_code=cfg.compute.trust_remote_code,
         use_safetensors=True,
     )
     return model.to(device).eval(), meta

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from sumrl.artifacts import atomic_path, write_json
+from sumrl.config import Config
 from sumrl.evaluate import length_control as lc
 from sumrl.report import plots
 from sumrl.report.cards import CARDS, write_cards
@@ -316,13 +317,14 @@ def build_document(inputs: Inputs, summary: dict[str, dict], fit: lc.LengthFit, 
 
 
 def run(params: dict, args=None) -> None:
+    cfg = Config.of(params)
     inputs = load_inputs(params)
     fit = length_fit(inputs)
     summary = policy_summary(inputs, fit)
-    spread = seed_spread(summary, inputs.methods) if len(params["rl"]["seeds"]) > 1 else None
+    spread = seed_spread(summary, inputs.methods) if len(cfg.rl.seeds) > 1 else None
     with atomic_path(PLOTS, is_dir=True) as folder:
         figures = write_plots(inputs, summary, folder, policy_colors(inputs))
-    blocks = build_document(inputs, summary, fit, spread, figures, params["report"]["samples"])
+    blocks = build_document(inputs, summary, fit, spread, figures, cfg.report.samples)
     write_text(REPORT_MD, to_markdown(blocks))
     write_text(INDEX_HTML, to_html(blocks, REPORTS, TITLE))
     metrics = metrics_json(summary, spread, inputs, fit)

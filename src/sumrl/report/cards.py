@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from sumrl import stages
+from sumrl.config import Config
 from sumrl.params import select
 from sumrl.report.inputs import Inputs
 
@@ -80,9 +81,9 @@ def _figure(metrics: dict, key: str) -> str:
     return text
 
 
-def _limitations(policy: str, metrics: dict, params: dict, inputs: Inputs) -> list[str]:
+def _limitations(policy: str, metrics: dict, cfg: Config, inputs: Inputs) -> list[str]:
     out = []
-    if params["pairs"]["source"] == "generated":
+    if cfg.pairs.source == "generated":
         out.append("The reward model that scores this policy (and that RL optimized) was trained on **generated** "
                    "pairs (the human reference against a made-worse summary), not on human preference judgements: "
                    "its rewards are a proxy, and the win rates above are the reward model's, not people's.")
@@ -96,10 +97,11 @@ def _limitations(policy: str, metrics: dict, params: dict, inputs: Inputs) -> li
 
 
 def model_card(policy: str, metrics: dict, params: dict, inputs: Inputs, revision: str) -> ModelCard:
+    cfg = Config.of(params)
     method = inputs.methods.get(policy, policy)
     data = ModelCardData(
-        base_model=_hub_id(params["model"]["base"]),
-        datasets=[params["data"]["path"]] if params["data"]["source"] == "hf" else None,
+        base_model=_hub_id(cfg.model.base),
+        datasets=[cfg.data.path] if cfg.data.source == "hf" else None,
         library_name="transformers",
         pipeline_tag="summarization",
         tags=["sumrl", "summarization", *(["rlhf"] if policy not in ("base", "sft") else []), method],
@@ -107,12 +109,12 @@ def model_card(policy: str, metrics: dict, params: dict, inputs: Inputs, revisio
     rows = "\n".join(f"| {label} | {_figure(metrics, key)} |" for key, label in CARD_METRICS.items()
                      if key in metrics)
     used = "\n".join(f"- `{key}`: `{value}`" for key, value in _params_used(policy, params, inputs).items())
-    data_source = params["data"]["path"] or params["data"]["source"]
+    data_source = cfg.data.path or cfg.data.source
     body = "\n".join([
         "---", data.to_yaml(), "---", "",
         f"# sumrl `{policy}`", "",
         f"A summarization policy trained by sumrl ({_chain(policy, inputs)}), from "
-        f"`{params['model']['base']}`, on `{data_source}`.", "",
+        f"`{cfg.model.base}`, on `{data_source}`.", "",
         "## Evaluation", "",
         "On the test split, every policy on the same inputs; the same figures as `reports/metrics.json` "
         "(README, \"Trustworthy results\", says how to read them).", "",
@@ -122,7 +124,7 @@ def model_card(policy: str, metrics: dict, params: dict, inputs: Inputs, revisio
         f"- Git revision: `{revision}`.",
         "- The params that decided it (the stage table's keys for its training stage):", "", used, "",
         "## Limitations", "",
-        *(f"- {line}" for line in _limitations(policy, metrics, params, inputs)), "",
+        *(f"- {line}" for line in _limitations(policy, metrics, cfg, inputs)), "",
     ])
     return ModelCard(body)
 

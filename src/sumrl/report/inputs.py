@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_json, read_jsonl
+from sumrl.config import Config
 
 REWARD_EVAL = Path("reports/reward_eval.json")
 PAIRS_CARD = Path(stages.PAIRS) / "card.json"
@@ -92,9 +94,9 @@ def read_generations(policy: str) -> dict[str, dict]:
     return {row["id"]: row for row in read_jsonl(path)}
 
 
-def rl_methods(params: dict) -> dict[str, str]:
-    rl = params["rl"]
-    return {stages.rl_policy(m, s): m for m in rl["methods"] for s in rl["seeds"]}
+def rl_methods(params: Config | Mapping) -> dict[str, str]:
+    rl = Config.of(params).rl
+    return {stages.rl_policy(m, s): m for m in rl.methods for s in rl.seeds}
 
 
 def read_curves(names: list[str]) -> dict[str, dict[str, list[float]]]:

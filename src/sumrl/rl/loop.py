@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from sumrl import runtime, stages
 from sumrl.artifacts import CurveLogger, atomic_path, read_jsonl, write_json
-from sumrl.config import RLConfig
+from sumrl.config import Config, RLConfig
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_policy, load_reward_model, load_tokenizer
 from sumrl.rl import advantages as F
@@ -52,7 +52,8 @@ def run(params: dict, args) -> None:
     maybe_relaunch(params)
     prepare_distributed_env(params)
     name = stages.rl_policy(args.method, args.seed)
-    device = runtime.setup(args.seed, params["compute"]["threads"], params["compute"]["device"])
+    compute = Config.of(params).compute
+    device = runtime.setup(args.seed, compute.threads, compute.device)
     train(params, args.method, args.seed, out_dir=Path(stages.RL_RUN.format(method=args.method, seed=args.seed)),
           curve_path=Path(stages.CURVES) / f"rl_{name}.csv", ckpt_dir=Path("checkpoints/rl") / name,
           restart=getattr(args, "restart", False), device=device, live_dir=stages.LIVE.format(name=f"rl_{name}"))
@@ -64,7 +65,8 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
           stop_after: int | None = None, live_dir: str | None = None) -> dict:
     """Train and write `out_dir`, the run folder that `sumrl consolidate` merges into the SFT weights:
     final/ (the adapter), checkpoint-N/ (the last ZeRO checkpoint, under DeepSpeed) and sumrl_run.json."""
-    cfg = RLConfig.from_params(params)
+    typed = Config.of(params)
+    cfg, compute = typed.rl, typed.compute
     method = build_method(method_name, cfg)
     k = method.samples_per_prompt
     if cfg.rollout_batch_size % k:
@@ -72,7 +74,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     prompts_per_step = cfg.rollout_batch_size // k
     num_steps = cfg.total_episodes // cfg.rollout_batch_size
 
-    tokenizer = load_tokenizer(sft_dir, params["compute"]["trust_remote_code"])
+    tokenizer = load_tokenizer(sft_dir, compute.trust_remote_code)
     fmt = PromptFormat.from_params(tokenizer, params)
     rows = read_jsonl(prompts_path)
     prompts = [fmt.prompt(row["document"]) for row in rows]
@@ -83,7 +85,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     if method.needs_values:
         policy.add_module(VALUE_HEAD, ValueHead(policy.config.hidden_size).to(device))
     reward_model, rm_meta = load_reward_model(reward_dir, params, device)
-    rm_tokenizer = load_tokenizer(reward_dir, params["compute"]["trust_remote_code"])
+    rm_tokenizer = load_tokenizer(reward_dir, compute.trust_remote_code)
     engine = build_engine(policy, params, cfg)
     check_world_size(cfg, prompts_per_step, engine.world_size)
     main = engine.rank == 0
@@ -145,7 +147,7 @@ def train(params: dict, method_name: str, seed: int, out_dir: Path, curve_path: 
     if main:
         write_run(out_dir, ckpt_dir, tokenizer, {
             **summary, "stage": "rl", "task": "causal_lm", "base": sft_dir, "num_labels": None, "reward": None,
-            "deepspeed": params["compute"]["deepspeed"], "lora": True,
+            "deepspeed": compute.deepspeed, "lora": True,
             "aux_modules": [VALUE_HEAD] if _value_head(policy) is not None else [], "rl": cfg.as_dict(),
         })
     return summary

@@ -32,6 +32,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from sumrl.artifacts import DataError, atomic_path, read_json, write_json
+from sumrl.config import Config
 from sumrl.models.load import REWARD_META
 from sumrl.scale.deepspeed import weights_only_torch_load
 from sumrl.stages import CONSOLIDATION, trained_run
@@ -71,11 +72,12 @@ class Trained:
 def run(params: dict, args) -> None:
     from sumrl import runtime
 
-    runtime.setup(params["seed"], params["compute"]["threads"], "cpu")
+    cfg = Config.of(params)
+    runtime.setup(cfg.seed, cfg.compute.threads, "cpu")
     run_dir, out_dir, kind = trained_run(args.stage)
     report_path = Path(CONSOLIDATION.format(stage=args.stage))
     try:
-        report = consolidate(Path(run_dir), Path(out_dir), kind, params["compute"]["trust_remote_code"])
+        report = consolidate(Path(run_dir), Path(out_dir), kind, cfg.compute.trust_remote_code)
     except DataError as exc:  # ConsolidationError included; a report says why the folder is missing
         write_json(report_path, {**getattr(exc, "report", {}), "ok": False, "stage": args.stage, "error": str(exc)})
         raise

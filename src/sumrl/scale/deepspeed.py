@@ -13,11 +13,12 @@ import importlib
 import json
 import os
 import socket
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
-from sumrl.config import RLConfig
+from sumrl.config import Config, RLConfig
 from sumrl.params import ParamsError
 
 LAUNCH_DIR = Path("workflow") / "launch"
@@ -40,23 +41,23 @@ def launch_dir() -> Path:
     raise FileNotFoundError(f"{LAUNCH_DIR}: not found under {Path.cwd()} or {SOURCE_ROOT}")
 
 
-def zero_mode(params: dict) -> str | None:
+def zero_mode(params: Config | Mapping) -> str | None:
     """'zero2', 'zero3_offload', ... or None when DeepSpeed is off."""
-    compute = params["compute"]
-    if compute["deepspeed"] == "none":
-        if compute["offload"] != "none":
+    compute = Config.of(params).compute
+    if compute.deepspeed == "none":
+        if compute.offload != "none":
             raise ParamsError("compute.offload: 'cpu' offload is a ZeRO feature; "
                               "set compute.deepspeed to zero2 or zero3")
         return None
-    return compute["deepspeed"] + ("_offload" if compute["offload"] == "cpu" else "")
+    return compute.deepspeed + ("_offload" if compute.offload == "cpu" else "")
 
 
-def deepspeed_config_path(params: dict) -> Path | None:
+def deepspeed_config_path(params: Config | Mapping) -> Path | None:
     mode = zero_mode(params)
     return None if mode is None else launch_dir() / f"ds_{mode}.json"
 
 
-def load_deepspeed_config(params: dict) -> dict | None:
+def load_deepspeed_config(params: Config | Mapping) -> dict | None:
     path = deepspeed_config_path(params)
     if path is None:
         return None
@@ -68,13 +69,13 @@ def load_deepspeed_config(params: dict) -> dict | None:
         raise ParamsError(f"{path}: line {exc.lineno}: not valid JSON: {exc.msg}") from None
 
 
-def trainer_kwargs(params: dict) -> dict:
+def trainer_kwargs(params: Config | Mapping) -> dict:
     """Extra SFTConfig/RewardConfig keyword arguments for `compute.deepspeed`: {"deepspeed": {...}} or {}."""
     config = load_deepspeed_config(params)
     return {} if config is None else {"deepspeed": config}
 
 
-def rl_deepspeed_config(params: dict, rl: RLConfig, model) -> dict | None:
+def rl_deepspeed_config(params: Config | Mapping, rl: RLConfig, model) -> dict | None:
     """The ZeRO config for the RL stage's own engine, its "auto" values filled as the HF Trainer fills them
     for SFT and reward (the RL loop has no Trainer): batch sizes from rl.*, clipping from rl.max_grad_norm,
     bf16 from the trained weights' dtype, bucket sizes from the hidden size. None when DeepSpeed is off."""
@@ -125,7 +126,7 @@ def fill_auto(config: dict, values: dict, where: Path, prefix: str = "") -> dict
     return out
 
 
-def prepare_distributed_env(params: dict) -> None:
+def prepare_distributed_env(params: Config | Mapping) -> None:
     """Make a plain `python` process a world of one, so DeepSpeed runs without a launcher.
 
     Without RANK/WORLD_SIZE DeepSpeed goes looking for MPI (mpi4py) and fails. Values a launcher

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from sumrl.config import Config
 from sumrl.scale.deepspeed import deepspeed_config_path, launch_dir, zero_mode
 
 log = logging.getLogger(__name__)
@@ -28,22 +29,22 @@ def under_launcher(env: Mapping[str, str] | None = None) -> bool:
     return any(key in env for key in LAUNCHER_VARS)
 
 
-def accelerate_config_path(params: dict) -> Path:
+def accelerate_config_path(params: Config | Mapping) -> Path:
     path = launch_dir() / f"accelerate_{zero_mode(params) or 'ddp'}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: accelerate config for compute.deepspeed/offload not found")
     return path
 
 
-def visible_gpus(params: dict) -> int:
-    if params["compute"]["device"] == "cpu":
+def visible_gpus(params: Config | Mapping) -> int:
+    if Config.of(params).compute.device == "cpu":
         return 0
     import torch
 
     return torch.cuda.device_count()
 
 
-def relaunch_command(params: dict, argv: Sequence[str], gpus: int) -> list[str]:
+def relaunch_command(params: Config | Mapping, argv: Sequence[str], gpus: int) -> list[str]:
     """The `accelerate launch` command line that runs `sumrl <argv>` on `gpus` processes (0: one CPU process)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(params))]
     ds_config = deepspeed_config_path(params)
@@ -59,12 +60,12 @@ def relaunch_command(params: dict, argv: Sequence[str], gpus: int) -> list[str]:
     return [*cmd, "-m", "sumrl.cli", *argv]
 
 
-def maybe_relaunch(params: dict, argv: Sequence[str] | None = None) -> None:
+def maybe_relaunch(params: Config | Mapping, argv: Sequence[str] | None = None) -> None:
     """Return at once unless `compute.launcher` is accelerate and no launcher started us; else never return.
 
     `argv` is the `sumrl` command line without the program name (default: sys.argv[1:]).
     """
-    if params["compute"]["launcher"] != "accelerate" or under_launcher():
+    if Config.of(params).compute.launcher != "accelerate" or under_launcher():
         return
     argv = sys.argv[1:] if argv is None else list(argv)
     cmd = relaunch_command(params, argv, visible_gpus(params))

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from sumrl import runtime, stages
 from sumrl.artifacts import CurveLogger, atomic_path, write_json
+from sumrl.config import Config, DPOConfig, RewardConfig, SFTConfig
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_tokenizer
 from sumrl.params import PROMPT_TEMPLATE_TOKENS
@@ -34,26 +36,28 @@ def per_process_batch(batch_size: int, key: str, world_size: int | None = None) 
     return batch_size // world_size
 
 
-def trainer_args(section: dict, params: dict, output_dir: Path, stage: str) -> dict:
-    """Keyword arguments shared by SFTConfig and RewardConfig."""
+def trainer_args(section: SFTConfig | RewardConfig | DPOConfig, params: Config | Mapping, output_dir: Path,
+                 stage: str) -> dict:
+    """Keyword arguments shared by trl's SFTConfig, RewardConfig and DPOConfig, from the stage's section."""
     from sumrl.scale.deepspeed import trainer_kwargs
 
+    cfg = Config.of(params)
     return dict(
         output_dir=str(output_dir),
-        learning_rate=section["learning_rate"],
-        num_train_epochs=section["epochs"],
-        per_device_train_batch_size=per_process_batch(section["batch_size"], f"{stage}.batch_size"),
-        gradient_accumulation_steps=section.get("grad_accum", 1),
-        warmup_steps=section.get("warmup_ratio", 0.0),  # a float in [0, 1) is a ratio of total steps
+        learning_rate=section.learning_rate,
+        num_train_epochs=section.epochs,
+        per_device_train_batch_size=per_process_batch(section.batch_size, f"{stage}.batch_size"),
+        gradient_accumulation_steps=getattr(section, "grad_accum", 1),
+        warmup_steps=getattr(section, "warmup_ratio", 0.0),  # a float in [0, 1) is a ratio of total steps
         lr_scheduler_type="linear",
         logging_steps=1,
         save_strategy="steps",
-        save_steps=section["checkpoint_every"],
+        save_steps=section.checkpoint_every,
         save_total_limit=1,
         report_to="none",
-        seed=params["seed"],
-        data_seed=params["seed"],
-        use_cpu=params["compute"]["device"] == "cpu" or not _cuda(),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        use_cpu=cfg.compute.device == "cpu" or not _cuda(),
         # No autocast: the base weights are loaded in model.dtype already (auto: bf16 only where matmuls are native)
         # and the LoRA adapters stay fp32; the trainer's bf16 flag would also refuse a CPU without bf16 support.
         bf16=False,
@@ -86,12 +90,12 @@ class CurveCallback(TrainerCallback):
                          **{col: logs.get(key, "") for key, col in self.columns.items()}})
 
 
-def run_trainer(trainer, params: dict, resume_from: str | None) -> None:
+def run_trainer(trainer, params: Config | Mapping, resume_from: str | None) -> None:
     """trainer.train(), refusing a ZeRO config that the trainer is not running under DeepSpeed (it would
     train something other than what was asked, and leave no ZeRO checkpoint to consolidate)."""
     from sumrl.scale.deepspeed import weights_only_torch_load
 
-    wanted = params["compute"]["deepspeed"]
+    wanted = Config.of(params).compute.deepspeed
     if wanted != "none" and not trainer.is_deepspeed_enabled:
         raise RuntimeError(f"compute.deepspeed is '{wanted}' but the trainer's accelerator has no DeepSpeed plugin "
                            "(was it launched with `accelerate launch --cpu`?); refusing to train without ZeRO")
@@ -99,7 +103,7 @@ def run_trainer(trainer, params: dict, resume_from: str | None) -> None:
         trainer.train(resume_from_checkpoint=resume_from)
 
 
-def checkpoint_dir(name: str, params: dict, restart: bool, stage: str | None = None,
+def checkpoint_dir(name: str, params: Mapping, restart: bool, stage: str | None = None,
                    **fields) -> tuple[Path, str | None]:
     """checkpoints/<stage>: the trainer's output_dir, kept across a kill so the stage resumes.
 
@@ -108,7 +112,7 @@ def checkpoint_dir(name: str, params: dict, restart: bool, stage: str | None = N
     """
     path = Path("checkpoints") / name
     keys = stages.result_params(stage or name, params, **fields)
-    fingerprint = hashlib.sha256(json.dumps({"params": keys, "seed": params["seed"]}, sort_keys=True).encode()
+    fingerprint = hashlib.sha256(json.dumps({"params": keys, "seed": Config.of(params).seed}, sort_keys=True).encode()
                                  ).hexdigest()[:16]
     marker = path / "fingerprint.txt"
     if restart or not marker.is_file() or marker.read_text() != fingerprint:
@@ -138,7 +142,7 @@ class Session:
     resume_from: str | None
 
 
-def start_session(name: str, params: dict, base: str, restart: bool, table_stage: str | None = None,
+def start_session(name: str, params: Mapping, base: str, restart: bool, table_stage: str | None = None,
                   **fields) -> Session:
     """The common start of `sumrl sft`, `sumrl reward` and `sumrl rl --method dpo`: relaunch under accelerate if
     asked, seed, threads and device, the base's tokenizer (right padding, as trl trains), and the resumable
@@ -147,17 +151,18 @@ def start_session(name: str, params: dict, base: str, restart: bool, table_stage
     from sumrl.scale.deepspeed import prepare_distributed_env
     from sumrl.scale.launch import maybe_relaunch
 
-    maybe_relaunch(params)
-    prepare_distributed_env(params)
-    device = runtime.setup(params["seed"], params["compute"]["threads"], params["compute"]["device"])
-    tokenizer = load_tokenizer(base, params["compute"]["trust_remote_code"], padding_side="right")
+    cfg = Config.of(params)
+    maybe_relaunch(cfg)
+    prepare_distributed_env(cfg)
+    device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
+    tokenizer = load_tokenizer(base, cfg.compute.trust_remote_code, padding_side="right")
     work_dir, resume_from = checkpoint_dir(name, params, restart, table_stage or name, **fields)
-    return Session(name, device, tokenizer, PromptFormat.from_params(tokenizer, params), work_dir, resume_from)
+    return Session(name, device, tokenizer, PromptFormat.from_params(tokenizer, cfg), work_dir, resume_from)
 
 
-def max_length(params: dict) -> int:
+def max_length(cfg: Config) -> int:
     """Tokens of a training example: the document, the summary and the prompt template around them."""
-    return params["data"]["max_document_tokens"] + params["data"]["max_summary_tokens"] + PROMPT_TEMPLATE_TOKENS
+    return cfg.data.max_document_tokens + cfg.data.max_summary_tokens + PROMPT_TEMPLATE_TOKENS
 
 
 def curve_callback(session: Session, columns: dict[str, str]) -> CurveCallback:
@@ -172,11 +177,11 @@ def preference_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
                                "rejected": fmt.completion(r["rejected"])} for r in rows])
 
 
-def train_and_write(trainer, params: dict, session: Session, run_dir: str, info: dict) -> None:
+def train_and_write(trainer, cfg: Config, session: Session, run_dir: str, info: dict) -> None:
     """Train (resuming if there is a checkpoint), then write the run folder `consolidate` reads."""
-    run_trainer(trainer, params, session.resume_from)
+    run_trainer(trainer, cfg, session.resume_from)
     write_run(Path(run_dir), session.work_dir, trainer, {
-        "stage": session.name, **info, "deepspeed": params["compute"]["deepspeed"], "lora": True,
+        "stage": session.name, **info, "deepspeed": cfg.compute.deepspeed, "lora": True,
         "steps": trainer.state.global_step,
     })
 

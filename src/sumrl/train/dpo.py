@@ -16,7 +16,7 @@ from trl import DPOTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
-from sumrl.config import RLConfig
+from sumrl.config import Config
 from sumrl.models.load import load_policy, lora_config
 from sumrl.train.common import (
     curve_callback,
@@ -29,21 +29,20 @@ from sumrl.train.common import (
 
 
 def run(params: dict, args) -> None:
-    rl = RLConfig.from_params(params)
-    dpo = rl.dpo
     params = {**params, "seed": args.seed}  # the run's seed, as the RL methods take it
+    cfg = Config.of(params)
+    rl, dpo = cfg.rl, cfg.rl.dpo
     # rl_<policy>: the curve the stage table names (reports/curves/rl_dpo_s<seed>.csv), and the checkpoint folder
     name = f"rl_{stages.rl_policy('dpo', args.seed)}"
     session = start_session(name, params, stages.SFT, getattr(args, "restart", False), table_stage="rl",
                             method="dpo")
     pairs = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     config = TrlDPOConfig(
-        **trainer_args({"learning_rate": dpo.learning_rate, "epochs": dpo.epochs, "batch_size": dpo.batch_size,
-                        "checkpoint_every": dpo.checkpoint_every}, params, session.work_dir, "rl.dpo"),
-        beta=dpo.beta, loss_type=[dpo.loss_type], max_length=max_length(params),
+        **trainer_args(dpo, cfg, session.work_dir, "rl.dpo"),
+        beta=dpo.beta, loss_type=[dpo.loss_type], max_length=max_length(cfg),
     )
     trainer = DPOTrainer(
-        model=load_policy(stages.SFT, params, session.device),
+        model=load_policy(stages.SFT, cfg, session.device),
         args=config,
         train_dataset=preference_dataset(pairs, session.fmt),
         processing_class=session.tokenizer,
@@ -51,7 +50,7 @@ def run(params: dict, args) -> None:
         callbacks=[curve_callback(session, {"loss": "loss", "rewards/accuracies": "reward_accuracy",
                                             "rewards/margins": "reward_margin", "learning_rate": "learning_rate"})],
     )
-    train_and_write(trainer, params, session, stages.RL_RUN.format(method="dpo", seed=args.seed), {
+    train_and_write(trainer, cfg, session, stages.RL_RUN.format(method="dpo", seed=args.seed), {
         "stage": "rl", "task": "causal_lm", "base": stages.SFT, "num_labels": None, "reward": None,
         "method": "dpo", "seed": args.seed, "aux_modules": [], "rl": rl.as_dict(),
         "budget": {"pairs": len(pairs), "epochs": dpo.epochs, "sequences": 2 * len(pairs) * dpo.epochs},

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification
-from trl import RewardConfig, RewardTrainer
+from trl import RewardConfig as TrlRewardConfig
+from trl import RewardTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
-from sumrl.config import LoraSettings, from_mapping
+from sumrl.config import Config
 from sumrl.models.load import lora_config, torch_dtype, use_distinct_pad
 from sumrl.models.scoring import probabilistic_preference_loss, rewards_from_logits
 from sumrl.train.common import (
@@ -58,40 +59,33 @@ class ProbabilisticRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def reward_base(params: dict) -> str:
-    return params["model"]["reward_base"] or stages.BASE
-
-
-def num_labels(cfg: dict) -> int:
-    return 1 if cfg["kind"] == "scalar" else cfg["num_scores"]
-
-
 def run(params: dict, args) -> None:
-    cfg = params["reward"]
-    base = reward_base(params)
+    cfg = Config.of(params)
+    rm = cfg.reward
+    base = cfg.model.reward_base or stages.BASE
     session = start_session("reward", params, base, getattr(args, "restart", False))
     use_distinct_pad(session.tokenizer)
     train_rows = read_jsonl(Path(stages.PAIRS) / "train.jsonl")
     val_rows = read_jsonl(Path(stages.PAIRS) / "validation.jsonl")
-    config = RewardConfig(**trainer_args(cfg, params, session.work_dir, "reward"), max_length=max_length(params))
+    config = TrlRewardConfig(**trainer_args(rm, cfg, session.work_dir, "reward"), max_length=max_length(cfg))
     # Loaded after the config: under ZeRO-3 the weights are partitioned as they load.
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=num_labels(cfg), dtype=torch_dtype(params),
-        trust_remote_code=params["compute"]["trust_remote_code"], use_safetensors=True,
+        base, num_labels=rm.num_labels, dtype=torch_dtype(cfg), trust_remote_code=cfg.compute.trust_remote_code,
+        use_safetensors=True,
     ).to(session.device)
     model.config.pad_token_id = session.tokenizer.pad_token_id
-    trainer_cls = RewardTrainer if cfg["kind"] == "scalar" else ProbabilisticRewardTrainer
+    trainer_cls = RewardTrainer if rm.kind == "scalar" else ProbabilisticRewardTrainer
     trainer = trainer_cls(
         model=model,
         args=config,
         train_dataset=preference_dataset(train_rows, session.fmt),
         processing_class=session.tokenizer,
-        peft_config=lora_config(from_mapping(LoraSettings, cfg["lora"]), "SEQ_CLS"),
+        peft_config=lora_config(rm.lora, "SEQ_CLS"),
         callbacks=[curve_callback(session, {"loss": "loss", "accuracy": "accuracy", "margin": "margin",
                                             "learning_rate": "learning_rate"})],
     )
-    train_and_write(trainer, params, session, stages.REWARD_RUN, {
-        "task": "sequence_classification", "base": base, "num_labels": num_labels(cfg),
-        "reward": {"kind": cfg["kind"], "num_scores": num_labels(cfg)},
+    train_and_write(trainer, cfg, session, stages.REWARD_RUN, {
+        "task": "sequence_classification", "base": base, "num_labels": rm.num_labels,
+        "reward": {"kind": rm.kind, "num_scores": rm.num_labels},
         "train_pairs": len(train_rows), "validation_pairs": len(val_rows),
     })

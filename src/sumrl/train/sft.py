@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from datasets import Dataset
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig as TrlSFTConfig
+from trl import SFTTrainer
 
 from sumrl import stages
 from sumrl.artifacts import read_jsonl
-from sumrl.config import LoraSettings, from_mapping
+from sumrl.config import Config
 from sumrl.data.prompts import PromptFormat
 from sumrl.models.load import load_policy, lora_config
 from sumrl.train.common import curve_callback, max_length, start_session, train_and_write, trainer_args
@@ -25,24 +26,24 @@ def sft_dataset(rows: list[dict], fmt: PromptFormat) -> Dataset:
 
 
 def run(params: dict, args) -> None:
-    cfg = params["sft"]
+    cfg = Config.of(params)
     session = start_session("sft", params, stages.BASE, getattr(args, "restart", False))
     train_set = sft_dataset(read_jsonl(Path(stages.PREPARED) / "sft.jsonl"), session.fmt)
-    config = SFTConfig(
-        **trainer_args(cfg, params, session.work_dir, "sft"),
-        max_length=max_length(params),
+    config = TrlSFTConfig(
+        **trainer_args(cfg.sft, cfg, session.work_dir, "sft"),
+        max_length=max_length(cfg),
         completion_only_loss=True,
         packing=False,
     )
     trainer = SFTTrainer(
-        model=load_policy(stages.BASE, params, session.device),
+        model=load_policy(stages.BASE, cfg, session.device),
         args=config,
         train_dataset=train_set,
         processing_class=session.tokenizer,
-        peft_config=lora_config(from_mapping(LoraSettings, cfg["lora"]), "CAUSAL_LM"),
+        peft_config=lora_config(cfg.sft.lora, "CAUSAL_LM"),
         callbacks=[curve_callback(session, {"loss": "loss", "learning_rate": "learning_rate",
                                             "grad_norm": "grad_norm", "mean_token_accuracy": "token_accuracy"})],
     )
-    train_and_write(trainer, params, session, stages.SFT_RUN, {
+    train_and_write(trainer, cfg, session, stages.SFT_RUN, {
         "task": "causal_lm", "base": stages.BASE, "num_labels": None, "reward": None, "train_rows": len(train_set),
     })

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from sumrl import stages
+from sumrl.config import Config, JudgeConfig
 from sumrl.evaluate.judge.cache import Query
 
 log = logging.getLogger(__name__)
@@ -38,13 +39,13 @@ class Backend:
 class OpenAIBackend(Backend):
     """POST {url}/chat/completions with the standard library; the key only in the Authorization header."""
 
-    def __init__(self, judge: Mapping, environ: Mapping[str, str] = os.environ):
-        self.model = judge["model"]
-        self.where = f"the judge endpoint in ${judge['url_env']}"
-        self.base = environ[judge["url_env"]].strip()
-        self.key = environ.get(judge["key_env"], "").strip() or None
-        self.timeout = judge["timeout_s"]
-        self.retries = judge["retries"]
+    def __init__(self, judge: JudgeConfig, environ: Mapping[str, str] = os.environ):
+        self.model = judge.model
+        self.where = f"the judge endpoint in ${judge.url_env}"
+        self.base = environ[judge.url_env].strip()
+        self.key = environ.get(judge.key_env, "").strip() or None
+        self.timeout = judge.timeout_s
+        self.retries = judge.retries
 
     def replies(self, queries: Sequence[Query]) -> Iterator[tuple[Query, str]]:
         from tqdm import tqdm
@@ -118,21 +119,20 @@ class OpenAIBackend(Backend):
 class HFBackend(Backend):
     """A local causal LM through its chat template, batched and seeded (runtime.setup)."""
 
-    def __init__(self, folder: str, params: dict):
+    def __init__(self, folder: str, cfg: Config):
         from sumrl import runtime
         from sumrl.data.prompts import PromptFormat
         from sumrl.models.load import load_policy, load_tokenizer
 
-        compute = params["compute"]
-        device = runtime.setup(params["seed"], compute["threads"], compute["device"])
-        self.tokenizer = load_tokenizer(folder, compute["trust_remote_code"])
+        device = runtime.setup(cfg.seed, cfg.compute.threads, cfg.compute.device)
+        self.tokenizer = load_tokenizer(folder, cfg.compute.trust_remote_code)
         # The judge's prompt is one user turn; PromptFormat with no instruction is exactly that plus the header.
         self.format = PromptFormat(self.tokenizer, instruction="", use_chat_template=True)
         if not self.format.chat:
             raise JudgeError(f"{folder}: the judge model has no chat template; set judge.model to an "
                              "instruction-tuned model")
-        self.model = load_policy(folder, params, device).eval()
-        self.batch_size = params["judge"]["batch_size"]
+        self.model = load_policy(folder, cfg, device).eval()
+        self.batch_size = cfg.judge.batch_size
 
     def replies(self, queries: Sequence[Query]) -> Iterator[tuple[Query, str]]:
         from tqdm import tqdm
@@ -162,22 +162,22 @@ def folder_fingerprint(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def hf_model_path(judge: Mapping) -> str:
-    path = judge["model"] or stages.BASE
+def hf_model_path(judge: JudgeConfig) -> str:
+    path = judge.model or stages.BASE
     looks_local = path == stages.BASE or path.startswith(("./", "/", "../")) or Path(path).exists()
     if looks_local and not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: judge model folder not found (judge.model)")
     return path
 
 
-def judge_backend(params: dict, environ: Mapping[str, str] = os.environ) -> tuple[dict, Callable[[], Backend]]:
+def judge_backend(cfg: Config, environ: Mapping[str, str] = os.environ) -> tuple[dict, Callable[[], Backend]]:
     """The judge's identity (what the cache key and the report name) and a factory for its backend."""
-    judge = params["judge"]
-    if judge["backend"] == "openai":
-        return {"backend": "openai", "model": judge["model"]}, lambda: OpenAIBackend(judge, environ)
+    judge = cfg.judge
+    if judge.backend == "openai":
+        return {"backend": "openai", "model": judge.model}, lambda: OpenAIBackend(judge, environ)
     path = hf_model_path(judge)
     # A hub id is named by itself (its revision may move; pin one by downloading it to a folder).
     identity = {"backend": "hf", "model": path}
     if Path(path).is_dir():
         identity["sha256"] = folder_fingerprint(Path(path))
-    return identity, lambda: HFBackend(path, params)
+    return identity, lambda: HFBackend(path, cfg)

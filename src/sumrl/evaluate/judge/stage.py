@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from sumrl import stages
 from sumrl.artifacts import DataError, read_jsonl, write_json
+from sumrl.config import Config, JudgeConfig
 from sumrl.evaluate.judge.backends import judge_backend
 from sumrl.evaluate.judge.cache import Query, ReplyCache, answer
 from sumrl.evaluate.judge.prompts import geval_prompt, pair_outcome, pairwise_prompt, parse_score, parse_verdict
@@ -51,11 +52,11 @@ def pairwise_queries(rows: list[dict], rivals: list[str], max_new_tokens: int) -
             for row, rival in zip(rows, rivals, strict=True)]
 
 
-def geval_queries(documents: list[str], summaries: list[str], judge: Mapping, seed: int) -> list[list[Query]]:
+def geval_queries(documents: list[str], summaries: list[str], judge: JudgeConfig, seed: int) -> list[list[Query]]:
     """judge.samples queries per summary: one greedy, or several sampled at judge.temperature."""
-    n = judge["samples"]
-    temperature, seed_or_none = (None, None) if n == 1 else (judge["temperature"], seed)
-    return [[Query(geval_prompt(doc, summary), judge["max_new_tokens"], temperature, seed_or_none, i)
+    n = judge.samples
+    temperature, seed_or_none = (None, None) if n == 1 else (judge.temperature, seed)
+    return [[Query(geval_prompt(doc, summary), judge.max_new_tokens, temperature, seed_or_none, i)
              for i in range(n)] for doc, summary in zip(documents, summaries, strict=True)]
 
 
@@ -102,13 +103,14 @@ def write_disabled() -> None:
     log.info("judge.enabled is false: wrote %s without judging", stages.JUDGE)
 
 
-def build_queries(params: dict, rows: dict[str, list[dict]]) -> tuple[dict, dict]:
+def build_queries(params: Config | Mapping, rows: dict[str, list[dict]]) -> tuple[dict, dict]:
     """Pairwise queries per judged policy, and G-Eval queries per policy plus the references."""
-    judge, seed = params["judge"], params["seed"]
-    against = judge["against"]
+    cfg = Config.of(params)
+    judge, seed = cfg.judge, cfg.seed
+    against = judge.against
     sft_rows = {row["id"]: row for row in read_policy_rows("sft", None)} if against == "sft" else {}
     # Against SFT, SFT would be judged against itself: it gets a G-Eval score and no win rate.
-    pairs = {p: pairwise_queries(r, opponents(r, against, sft_rows), judge["max_new_tokens"])
+    pairs = {p: pairwise_queries(r, opponents(r, against, sft_rows), judge.max_new_tokens)
              for p, r in rows.items() if not (against == "sft" and p == "sft")}
     scores = {p: geval_queries([x["document"] for x in r], [x["summary"] for x in r], judge, seed)
               for p, r in rows.items()}
@@ -136,16 +138,17 @@ def results(pairs: dict, scores: dict, replies: Mapping[Query, str]) -> dict[str
 
 
 def run(params: dict, args=None) -> None:
-    judge = params["judge"]
-    if not judge["enabled"]:
+    cfg = Config.of(params)
+    judge = cfg.judge
+    if not judge.enabled:
         return write_disabled()
-    rows = {p: read_policy_rows(p, judge["max_rows"]) for p in stages.policies(params)}
-    pairs, scores = build_queries(params, rows)
-    identity, make_backend = judge_backend(params)
+    rows = {p: read_policy_rows(p, judge.max_rows) for p in stages.policies(params)}
+    pairs, scores = build_queries(cfg, rows)
+    identity, make_backend = judge_backend(cfg)
     replies, counts = answer(all_queries(pairs, scores), identity, ReplyCache(), make_backend)
     log.info("judge %s %s: %d replies, %d from cache, %d requested", identity["backend"], identity["model"],
              counts["total"], counts["from_cache"], counts["requested"])
-    write_json(stages.JUDGE, {"enabled": True, "judge": identity, "against": judge["against"],
-                              "rows": len(next(iter(rows.values()))), "samples": judge["samples"],
+    write_json(stages.JUDGE, {"enabled": True, "judge": identity, "against": judge.against,
+                              "rows": len(next(iter(rows.values()))), "samples": judge.samples,
                               "replies": counts, "policies": results(pairs, scores, replies)})
     log.info("wrote %s", stages.JUDGE)
