@@ -105,7 +105,7 @@ def run_trainer(trainer, params: Config | Mapping, resume_from: str | None) -> N
 
 def checkpoint_dir(name: str, params: Mapping, restart: bool, stage: str | None = None,
                    **fields) -> tuple[Path, str | None]:
-    """checkpoints/<stage>: the trainer's output_dir, kept across a kill so the stage resumes.
+    """checkpoints/<name>: the trainer's output_dir, kept across a kill so the stage resumes.
 
     A checkpoint is reused only by a run with the same result params (the stage table's keys, the ones DVC
     and Snakemake rerun the stage for); `--restart` wipes it.
