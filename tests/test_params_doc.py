@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sumrl.params import read_yaml
 from sumrl.params_doc import REFERENCE_MARKERS, leaves, reference_markdown, stages_reading
+from sumrl.stages import PLACEMENT_ONLY
 
 from conftest import ROOT
 
@@ -31,7 +32,8 @@ def test_reruns_column_follows_the_stage_table():
     assert stages_reading("rl.ppo.gamma") == ["rl"]
     assert stages_reading("rl.kl_coef") == ["rl"]
     assert stages_reading("rl.seeds") == ["report"]
-    assert stages_reading("compute.threads") == stages_reading("compute.launcher") == []
+    assert PLACEMENT_ONLY == ("compute.threads", "compute.launcher")
+    assert all(stages_reading(key) == [] for key in PLACEMENT_ONLY)  # speed or placement: no stage's dependency
     assert stages_reading("reward.eval_pairs[].path") == ["reward_eval"]
     assert "reward" not in stages_reading("reward.eval_pairs")
     assert {"sft", "reward", "rl"} <= set(stages_reading("compute.deepspeed"))
